@@ -1,0 +1,94 @@
+"""Datasets: a registry of loaders and :func:`build_data`, which turns a dataset config into a :class:`DataBundle`.
+
+Add a dataset by registering a loader with its config dataclass::
+
+    @DATASETS.register("mydata", config=MyDataConfig)
+    def load_mydata(cfg: MyDataConfig, root: Path) -> ArrayDataset | DataBundle: ...
+
+A loader returning an :class:`ArrayDataset` gets the in-memory pipeline (validation split, per-batch augmentation
+on the training device); a loader returning a :class:`DataBundle` is used as is (it receives the batch sizes and
+device as keyword arguments ``batch_size``, ``eval_batch_size``, ``device`` if it accepts them).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lth_runner.config.schema import DatasetConfig
+from lth_runner.data.base import ArrayDataset, Batch, DataBundle, DataSpec, InMemoryData, split_arrays
+from lth_runner.data.transforms import BatchTransform
+from lth_runner.registry import Registry
+
+DATASETS: Registry[Callable[..., Any]] = Registry("dataset", "dataset.name")
+
+__all__ = [
+    "DATASETS",
+    "ArrayDataset",
+    "Batch",
+    "DataBundle",
+    "DataSpec",
+    "InMemoryData",
+    "BatchTransform",
+    "build_data",
+    "dataset_root",
+]
+
+
+def dataset_root(cfg: DatasetConfig, data_root: str | Path) -> Path:
+    return Path(cfg.root) if cfg.root else Path(data_root) / cfg.name
+
+
+def build_data(
+    cfg: DatasetConfig,
+    *,
+    data_root: str | Path = "data",
+    batch_size: int = 128,
+    eval_batch_size: int = 1000,
+    device: torch.device | str = "cpu",
+    channels_last: bool = False,
+) -> DataBundle:
+    """Load the dataset named by ``cfg.name`` and wrap it for training."""
+    loader = DATASETS.get(cfg.name)
+    root = dataset_root(cfg, data_root)
+    accepted = inspect.signature(loader).parameters
+    extra = dict(batch_size=batch_size, eval_batch_size=eval_batch_size, device=device, channels_last=channels_last)
+    loaded = loader(cfg, root, **{k: v for k, v in extra.items() if k in accepted})
+    if isinstance(loaded, DataBundle):
+        return loaded
+    return in_memory(
+        cfg, loaded, batch_size=batch_size, eval_batch_size=eval_batch_size, device=device, channels_last=channels_last
+    )
+
+
+def in_memory(
+    cfg: DatasetConfig,
+    arrays: ArrayDataset,
+    *,
+    batch_size: int,
+    eval_batch_size: int,
+    device: torch.device | str,
+    channels_last: bool = False,
+) -> InMemoryData:
+    splits = split_arrays(arrays, val_size=cfg.val_size, split_seed=cfg.split_seed, train_subset=cfg.train_subset)
+    is_image = arrays.train_x.dim() == 4
+    transform = BatchTransform(
+        arrays.mean,
+        arrays.std,
+        crop_padding=cfg.crop_padding if cfg.augment and is_image else 0,
+        flip=cfg.augment and is_image,
+        channels_last=channels_last,
+    )
+    placement = torch.device("cpu") if cfg.placement == "cpu" else torch.device(device)
+    spec = DataSpec(cfg.name, tuple(arrays.train_x.shape[1:]), arrays.num_classes)
+    return InMemoryData(
+        spec, splits, transform, batch_size=batch_size, eval_batch_size=eval_batch_size, device=placement
+    )
+
+
+# Built-in loaders register themselves on import.
+from lth_runner.data import cifar, imagefolder, mnist, mnist1d, synthetic  # noqa: E402,F401

@@ -1,0 +1,142 @@
+"""The data interface the trainer sees, and the in-memory implementation used by every small dataset.
+
+A loader either returns an :class:`ArrayDataset` (whole train/test arrays; wrapped by :class:`InMemoryData`, which
+holds uint8 tensors on the training device and augments per batch) or a ready :class:`DataBundle` (folder
+datasets streamed through a DataLoader).
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from lth_runner.data.splits import holdout_count, stratified_split
+from lth_runner.data.transforms import BatchTransform
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a model needs to know about the data."""
+
+    name: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+
+@dataclass
+class ArrayDataset:
+    """Whole train and test sets as tensors (uint8 images N x C x H x W, or float features), labels int64."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    mean: Sequence[float] | None = None  # per channel, in [0, 1] units for uint8 data
+    std: Sequence[float] | None = None
+
+
+class DataBundle(abc.ABC):
+    """Train/val/test splits with batch iterators. Training order depends only on the seed passed in, so a
+    resumed run sees exactly the batches an uninterrupted one would."""
+
+    spec: DataSpec
+    batch_size: int
+    eval_batch_size: int
+
+    @abc.abstractmethod
+    def size(self, split: str) -> int:
+        """Number of examples in ``train``, ``val`` or ``test``."""
+
+    @abc.abstractmethod
+    def train_batches(self, seed: int, *, skip: int = 0, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
+        """One epoch of augmented, normalised training batches in a seeded order; ``skip`` drops leading batches.
+
+        With ``world_size`` > 1 each rank receives its slice of every global batch (``batch_size`` is global)."""
+
+    @abc.abstractmethod
+    def eval_batches(self, split: str, *, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
+        """Normalised batches of ``val`` or ``test``, in order, without augmentation."""
+
+    def num_train_batches(self) -> int:
+        return math.ceil(self.size("train") / self.batch_size)
+
+    def describe(self) -> str:
+        sizes = ", ".join(f"{split} {self.size(split)}" for split in ("train", "val", "test"))
+        return f"{self.spec.name}: input {tuple(self.spec.input_shape)}, {self.spec.num_classes} classes ({sizes})"
+
+
+class InMemoryData(DataBundle):
+    """Tensors resident on one device; batches are gathered, augmented and normalised there with tensor ops."""
+
+    def __init__(
+        self,
+        spec: DataSpec,
+        splits: dict[str, Batch],
+        transform: BatchTransform,
+        *,
+        batch_size: int,
+        eval_batch_size: int,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.spec = spec
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.device = torch.device(device)
+        self.transform = transform
+        self._splits = {name: (x.to(self.device), y.to(self.device)) for name, (x, y) in splits.items()}
+
+    def size(self, split: str) -> int:
+        return int(self._splits[split][1].numel()) if split in self._splits else 0
+
+    def tensors(self, split: str) -> Batch:
+        """The raw (un-normalised) tensors of a split, on the data device."""
+        return self._splits[split]
+
+    def train_batches(self, seed: int, *, skip: int = 0, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
+        x_all, y_all = self._splits["train"]
+        generator = torch.Generator(device=self.device).manual_seed(int(seed))
+        order = torch.randperm(y_all.numel(), generator=generator, device=self.device)
+        for batch_index, start in enumerate(range(0, order.numel(), self.batch_size)):
+            index = order[start : start + self.batch_size]
+            # Drawn for the whole global batch, skipped or not: the random stream, and so every later batch, is
+            # the same whether the run resumed mid-epoch or trains on several ranks.
+            params = self.transform.sample(index.numel(), generator, self.device)
+            if batch_index < skip:
+                continue
+            if world_size > 1:
+                local = torch.arange(index.numel(), device=self.device).tensor_split(world_size)[rank]
+                index, params = index[local], None if params is None else params[local]
+            yield self.transform(x_all[index], params), y_all[index]
+
+    def eval_batches(self, split: str, *, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
+        x_all, y_all = self._splits[split]
+        indices = torch.arange(y_all.numel(), device=self.device)
+        if world_size > 1:
+            indices = indices.tensor_split(world_size)[rank]
+        for start in range(0, indices.numel(), self.eval_batch_size):
+            index = indices[start : start + self.eval_batch_size]
+            yield self.transform(x_all[index]), y_all[index]
+
+
+def split_arrays(
+    arrays: ArrayDataset, *, val_size: float, split_seed: int, train_subset: int | None = None
+) -> dict[str, Batch]:
+    """Hold a stratified validation set out of the training arrays; optionally keep only a training subset."""
+    holdout = holdout_count(val_size, arrays.train_y.numel())
+    keep, held = stratified_split(arrays.train_y, holdout, split_seed)
+    splits = {
+        "train": (arrays.train_x[keep], arrays.train_y[keep]),
+        "val": (arrays.train_x[held], arrays.train_y[held]),
+        "test": (arrays.test_x, arrays.test_y),
+    }
+    if train_subset is not None and train_subset < splits["train"][1].numel():
+        sub, _ = stratified_split(splits["train"][1], splits["train"][1].numel() - train_subset, split_seed + 1)
+        splits["train"] = (splits["train"][0][sub], splits["train"][1][sub])
+    return splits

@@ -1,0 +1,48 @@
+"""The tracker fans events out to sinks. Every event is one JSON object in ``metrics.jsonl``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from lth_runner import distributed
+from lth_runner.utils.io import append_jsonl
+
+
+class Sink(Protocol):
+    def log(self, record: dict[str, Any]) -> None: ...
+    def close(self) -> None: ...
+
+
+class JsonlSink:
+    """Appends each event to a JSON-lines file, flushed and fsynced so a crash loses at most the event in flight."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def log(self, record: dict[str, Any]) -> None:
+        append_jsonl(self.path, record)
+
+    def close(self) -> None:
+        pass
+
+
+class Tracker:
+    """Logs events (dicts with an ``event`` field) to every sink; only the main process logs."""
+
+    def __init__(self, sinks: list[Sink] | None = None) -> None:
+        self.sinks = list(sinks or [])
+        self.enabled = distributed.is_main()
+
+    def log(self, event: str, **fields: Any) -> dict[str, Any]:
+        record = {"event": event, "time": round(time.time(), 3), **fields}
+        if self.enabled:
+            for sink in self.sinks:
+                sink.log(record)
+        return record
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()

@@ -1,0 +1,346 @@
+"""The training loop: one *stage* (a contiguous piece of training on a fixed mask) at a time, resumable.
+
+Hooks let methods act around the optimizer step (mask enforcement, regularizer gradients) and at epoch ends
+(early stopping, snapshots, rewind capture, mask tracking). All randomness of an epoch is seeded from the run seed,
+the round and the epoch, and a stage checkpoint holds the step counter, optimizer and hook states, so a stage
+killed at any point and resumed from its last checkpoint finishes exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lth_runner import distributed
+from lth_runner.config.schema import OptimConfig, TrainerConfig
+from lth_runner.data.base import DataBundle
+from lth_runner.errors import UserError
+from lth_runner.sparse.enforce import MaskEnforcer
+from lth_runner.sparse.prunable import unwrap
+from lth_runner.training.optim import build_optimizer, set_learning_rate
+from lth_runner.training.schedules import learning_rate
+from lth_runner.utils.io import save_torch_atomic
+from lth_runner.utils.seeding import derive_seed
+
+
+@dataclass
+class Stage:
+    """A piece of training. ``epochs`` is where it ends; the learning-rate schedule spans ``schedule_epochs``
+    (default ``epochs``); it starts after ``start_step`` optimizer steps (late rewinding starts mid-schedule)."""
+
+    key: str
+    round: int
+    phase: str
+    epochs: int
+    start_step: int = 0
+    schedule_epochs: float | None = None
+    density: float = 1.0
+
+
+@dataclass
+class StageResult:
+    key: str
+    round: int
+    phase: str
+    density: float
+    epochs_trained: int = 0
+    final_epoch: int = 0
+    stopped_early: bool = False
+    best_epoch: int | None = None
+    best_val_acc: float | None = None
+    best_val_loss: float | None = None
+    best_val_test_acc: float | None = None
+    final_val_acc: float | None = None
+    final_val_loss: float | None = None
+    final_test_acc: float | None = None
+    final_test_loss: float | None = None
+    final_train_loss: float | None = None
+    steps: int = 0
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StageResult:
+        return cls(**data)
+
+
+class Hook(Protocol):
+    """Optional callbacks; implement only what you need (the trainer checks with ``hasattr``)."""
+
+    def on_stage_start(self, trainer: Trainer) -> None: ...
+    def before_step(self, trainer: Trainer) -> None: ...
+    def after_step(self, trainer: Trainer) -> None: ...
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> bool | None: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class EnforceMask:
+    """Hook: keep pruned weights at zero (gradients masked before the step, weights re-masked after it)."""
+
+    def __init__(self, enforcer: MaskEnforcer) -> None:
+        self.enforcer = enforcer
+
+    def on_stage_start(self, trainer: Trainer) -> None:
+        self.enforcer.apply_to_weights()
+
+    def before_step(self, trainer: Trainer) -> None:
+        self.enforcer.apply_to_gradients()
+
+    def after_step(self, trainer: Trainer) -> None:
+        self.enforcer.apply_to_weights()
+
+
+class Trainer:
+    """Trains ``model`` on ``data`` stage by stage, logging every epoch to ``tracker``."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: DataBundle,
+        *,
+        optim: OptimConfig,
+        trainer: TrainerConfig,
+        seed: int = 0,
+        tracker: Any = None,
+        checkpoint_path: str | Path | None = None,
+    ) -> None:
+        self.model = model
+        self.data = data
+        self.optim_cfg = optim
+        self.cfg = trainer
+        self.seed = seed
+        self.tracker = tracker
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+        self.device = next(model.parameters()).device
+        self.forward = torch.compile(model) if trainer.compile else model
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.stage: Stage | None = None
+        self.step = 0
+        self.epoch = 0
+        self.steps_per_epoch = data.num_train_batches()
+        self.lr = optim.lr
+        self._best_state: dict[str, torch.Tensor] | None = None
+
+    # ------------------------------------------------------------------------------------------ public
+    def fit(self, stage: Stage, hooks: Sequence[Any] = (), *, keep_best_state: bool = False) -> StageResult:
+        """Train ``stage`` to its end (or until a hook stops it), resuming from the checkpoint if it has one."""
+        self.stage, self.hooks = stage, list(hooks)
+        self.optimizer = build_optimizer(self.model.parameters(), self.optim_cfg)
+        self.step = stage.start_step
+        result = StageResult(stage.key, stage.round, stage.phase, stage.density)
+        self._best_state = None
+        resumed = self._load_checkpoint(result)
+        if not resumed:
+            self._call("on_stage_start")
+        self.epoch = self.step // self.steps_per_epoch
+        self._log(
+            "stage_start",
+            round=stage.round,
+            phase=stage.phase,
+            key=stage.key,
+            epochs=stage.epochs,
+            start_epoch=self.epoch,
+            density=stage.density,
+            resumed=resumed,
+        )
+        started = time.perf_counter() - result.seconds
+        stop = result.stopped_early
+        while self.epoch < stage.epochs and not stop:
+            epoch_start = time.perf_counter()
+            train_loss, train_acc = self._train_epoch()
+            self.epoch += 1
+            record = self._epoch_record(train_loss, train_acc, time.perf_counter() - epoch_start, started)
+            self._update_result(result, record, keep_best_state)
+            # Every hook sees every epoch end, even when an earlier one already asks to stop.
+            stop = any([bool(self._call_one(h, "on_epoch_end", self, record)) for h in self.hooks])
+            result.stopped_early = stop and self.epoch < stage.epochs
+            result.seconds = time.perf_counter() - started
+            self._log("epoch", **record)
+            if self.epoch % self.cfg.checkpoint_every == 0 or stop or self.epoch >= stage.epochs:
+                self._save_checkpoint(result, keep_best_state)
+        result.final_epoch = self.epoch
+        result.steps = self.step
+        result.seconds = time.perf_counter() - started
+        self._log("stage_end", **result.to_dict())
+        return result
+
+    @torch.no_grad()
+    def evaluate(self, split: str) -> tuple[float, float] | None:
+        """Mean cross-entropy and accuracy on ``split`` (None when the split is empty)."""
+        if self.data.size(split) == 0:
+            return None
+        self.model.eval()
+        totals = torch.zeros(3, dtype=torch.float64, device=self.device)
+        rank, world = distributed.rank(), distributed.world_size()
+        for x, y in self.data.eval_batches(split, rank=rank, world_size=world):
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with self._autocast():
+                logits = self.forward(x)
+            totals[0] += F.cross_entropy(logits.float(), y, reduction="sum")
+            totals[1] += (logits.argmax(1) == y).sum()
+            totals[2] += y.numel()
+        distributed.all_reduce_sum(totals)
+        loss_sum, correct, count = totals.tolist()
+        return loss_sum / max(count, 1), correct / max(count, 1)
+
+    @property
+    def best_state(self) -> dict[str, torch.Tensor] | None:
+        """Weights at the best validation accuracy of the stage (kept only with ``keep_best_state``)."""
+        return self._best_state
+
+    # ------------------------------------------------------------------------------------------ epoch
+    def _train_epoch(self) -> tuple[float, float]:
+        stage = self.stage
+        assert stage is not None and self.optimizer is not None
+        self.model.train()
+        # One seed per (round, epoch): ticket and controls of a round see the same batches, and a resumed epoch
+        # replays exactly the random draws (data order, augmentation, dropout) of the interrupted one.
+        torch.manual_seed(derive_seed(self.seed, "torch", stage.round, stage.phase, self.epoch))
+        batches = self.data.train_batches(
+            derive_seed(self.seed, "data", stage.round, self.epoch),
+            skip=self.step - self.epoch * self.steps_per_epoch,
+            rank=distributed.rank(),
+            world_size=distributed.world_size(),
+        )
+        before = [h for h in self.hooks if hasattr(h, "before_step")]
+        after = [h for h in self.hooks if hasattr(h, "after_step")]
+        schedule_epochs = stage.schedule_epochs or stage.epochs
+        totals = torch.zeros(3, dtype=torch.float64, device=self.device)
+        for x, y in batches:
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            self.lr = learning_rate(
+                self.step / self.steps_per_epoch, schedule_epochs, self.optim_cfg.lr, self.optim_cfg.scheduler
+            )
+            set_learning_rate(self.optimizer, self.lr)
+            with self._autocast():
+                logits = self.forward(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            for hook in before:
+                hook.before_step(self)
+            if self.cfg.max_grad_norm:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+            self.optimizer.step()
+            for hook in after:
+                hook.after_step(self)
+            self.step += 1
+            with torch.no_grad():
+                totals[0] += loss.detach().double() * y.numel()
+                totals[1] += (logits.argmax(1) == y).sum()
+                totals[2] += y.numel()
+        distributed.all_reduce_sum(totals)
+        loss_sum, correct, count = totals.tolist()
+        if count and not math.isfinite(loss_sum):
+            raise UserError(
+                f"training diverged in {stage.key} epoch {self.epoch + 1} (loss {loss_sum / count}); "
+                f"lower optim.lr or set trainer.max_grad_norm"
+            )
+        return loss_sum / max(count, 1), correct / max(count, 1)
+
+    def _epoch_record(self, train_loss: float, train_acc: float, seconds: float, started: float) -> dict[str, Any]:
+        stage = self.stage
+        assert stage is not None
+        val = self.evaluate("val")
+        test = self.evaluate("test") if self.cfg.eval_test else None
+        return dict(
+            key=stage.key,
+            round=stage.round,
+            phase=stage.phase,
+            epoch=self.epoch,
+            epochs=stage.epochs,
+            step=self.step,
+            train_loss=train_loss,
+            train_acc=train_acc,
+            val_loss=val[0] if val else None,
+            val_acc=val[1] if val else None,
+            test_loss=test[0] if test else None,
+            test_acc=test[1] if test else None,
+            density=stage.density,
+            lr=self.lr,
+            epoch_seconds=seconds,
+            elapsed=time.perf_counter() - started,
+        )
+
+    def _update_result(self, result: StageResult, record: dict[str, Any], keep_best_state: bool) -> None:
+        result.epochs_trained += 1
+        result.final_train_loss = record["train_loss"]
+        result.final_val_acc, result.final_val_loss = record["val_acc"], record["val_loss"]
+        result.final_test_acc, result.final_test_loss = record["test_acc"], record["test_loss"]
+        # Model selection looks at validation accuracy only; the test accuracy at that epoch is reported.
+        score = record["val_acc"]
+        if score is not None and (result.best_val_acc is None or score > result.best_val_acc):
+            result.best_val_acc, result.best_val_loss = score, record["val_loss"]
+            result.best_epoch, result.best_val_test_acc = record["epoch"], record["test_acc"]
+            if keep_best_state:
+                self._best_state = {k: v.detach().clone() for k, v in unwrap(self.model).state_dict().items()}
+
+    # ------------------------------------------------------------------------------------------ hooks
+    def _call(self, name: str, *args: Any) -> None:
+        for hook in self.hooks:
+            self._call_one(hook, name, *(args or (self,)))
+
+    @staticmethod
+    def _call_one(hook: Any, name: str, *args: Any) -> Any:
+        method = getattr(hook, name, None)
+        return method(*args) if method is not None else None
+
+    def _log(self, event: str, **fields: Any) -> None:
+        if self.tracker is not None:
+            self.tracker.log(event, **fields)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.cfg.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+    def _save_checkpoint(self, result: StageResult, keep_best_state: bool) -> None:
+        if self.checkpoint_path is None or not distributed.is_main():
+            return
+        assert self.stage is not None and self.optimizer is not None
+        payload = dict(
+            key=self.stage.key,
+            step=self.step,
+            model=unwrap(self.model).state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            hooks=[self._call_one(h, "state_dict") for h in self.hooks],
+            result=result.to_dict(),
+            best_state=self._best_state if keep_best_state else None,
+        )
+        save_torch_atomic(self.checkpoint_path, payload)
+
+    def _load_checkpoint(self, result: StageResult) -> bool:
+        if self.checkpoint_path is None or not self.checkpoint_path.exists():
+            return False
+        payload = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        if payload.get("key") != self.stage.key:
+            return False
+        unwrap(self.model).load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.step = payload["step"]
+        for hook, state in zip(self.hooks, payload["hooks"]):
+            if state is not None and hasattr(hook, "load_state_dict"):
+                hook.load_state_dict(state)
+        for name, value in payload["result"].items():
+            setattr(result, name, value)
+        self._best_state = payload.get("best_state")
+        return True
+
+
+def hooks_with(enforcer: MaskEnforcer | None, extra: Iterable[Any] = ()) -> list[Any]:
+    """The usual hook list: mask enforcement first (so later hooks see masked gradients), then ``extra``."""
+    return ([EnforceMask(enforcer)] if enforcer is not None else []) + list(extra)
