@@ -214,19 +214,19 @@ GROUP_SCHEMAS: dict[str, type] = {
 
 
 def register_configs() -> None:
-    """Register the schemas in Hydra's ConfigStore (group ``schema``), e.g. for ``defaults: - /schema/trainer``."""
+    """Register every schema in Hydra's ConfigStore under the ``schema`` group (``schema/trainer``,
+    ``schema/CifarConfig``, ...), so a config file can declare one as its base with ``defaults: - /schema/...``."""
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
     for group, schema in GROUP_SCHEMAS.items():
         store.store(group="schema", name=group, node=schema)
-    for name, schema in {
-        "dataset": DatasetConfig,
-        "mnist1d": Mnist1dConfig,
-        "mnist": MnistConfig,
-        "cifar": CifarConfig,
-        "imagefolder": ImageFolderConfig,
-        "synthetic": SyntheticConfig,
-        "lth": LTHConfig,
-    }.items():
-        store.store(group="schema", name=name, node=schema)
+    for schema in (*_subclasses(DatasetConfig), *_subclasses(MethodConfig), RunConfig):
+        store.store(group="schema", name=schema.__name__, node=schema)
+
+
+def _subclasses(base: type) -> list[type]:
+    found = [base]
+    for sub in base.__subclasses__():
+        found.extend(_subclasses(sub))
+    return found

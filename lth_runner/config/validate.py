@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import re
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -213,14 +214,13 @@ def _join(path: str, key: Any) -> str:
 
 
 def _lookup(values: Any, dotted: str | None) -> Any:
+    """The user's value at ``dotted`` (``a.b[2].c``), or None where it cannot be found."""
     node = values
-    for part in (dotted or "").split("."):
-        if not part:
-            continue
+    for part in re.findall(r"[^.\[\]]+", dotted or ""):
         if isinstance(node, Mapping) and part in node:
             node = node[part]
-        elif isinstance(node, (list, tuple)) and part.lstrip("[").rstrip("]").isdigit():
-            node = node[int(part.lstrip("[").rstrip("]"))]
+        elif isinstance(node, (list, tuple)) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
         else:
             return None
     return node
@@ -245,5 +245,18 @@ def _type_name(schema: type, dotted: str | None) -> str:
     hint = typing.get_type_hints(owner).get(leaf)
     if hint is None:
         return "a value of the right type"
-    text = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
-    return {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}.get(text, text)
+    return _describe(hint, item="[" in (dotted or "").split(".")[-1])
+
+
+_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _describe(hint: Any, *, item: bool = False) -> str:
+    """Plain words for a type annotation (``item``: describe the elements of a list)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is list:
+        inner = _describe(args[0]) if args else "values"
+        return inner if item else f"a list of {inner.removeprefix('an ').removeprefix('a ')}s"
+    if origin is typing.Union or str(type(hint)).endswith("UnionType'>"):
+        return " or ".join("null" if a is type(None) else _describe(a) for a in args)
+    return _NAMES.get(hint, getattr(hint, "__name__", str(hint)))

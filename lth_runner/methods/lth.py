@@ -30,7 +30,15 @@ from lth_runner.errors import ConfigError
 from lth_runner.methods import METHODS
 from lth_runner.methods.summary import cost, round_entry
 from lth_runner.session import RunContext
-from lth_runner.sparse import CRITERIA, Mask, MaskEnforcer, ScoreContext, prune_to_density, round_densities
+from lth_runner.sparse import (
+    CRITERIA,
+    Mask,
+    MaskEnforcer,
+    ScoreContext,
+    prune_to_density,
+    remaining_fraction,
+    round_densities,
+)
 from lth_runner.sparse.prunable import unwrap
 from lth_runner.training.trainer import Stage, StageResult
 from lth_runner.utils.seeding import derive_seed
@@ -74,7 +82,7 @@ def iterative_magnitude_pruning(run: RunContext, *, one_shot: bool) -> dict[str,
     _check_rewind(method, epochs, run.data.num_train_batches())
     sparsity = cfg.sparsity
     densities = (
-        [1.0 - sparsity.target]
+        [remaining_fraction(sparsity.target)]
         if one_shot
         else round_densities(sparsity.target, schedule=sparsity.schedule, rounds=sparsity.rounds, rate=sparsity.rate)
     )

@@ -9,6 +9,7 @@ from lth_runner.sparse.schedule import (
     geometric_densities,
     kept_count,
     per_round_rate,
+    remaining_fraction,
     round_counts,
     round_densities,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "per_round_rate",
     "prunable_parameters",
     "prune_to_density",
+    "remaining_fraction",
     "round_counts",
     "round_densities",
     "score",

@@ -23,6 +23,7 @@ class MaskEnforcer:
         self.params = dict(params)
         self.mask: Mask | None = None
         self._params: list[nn.Parameter] = []
+        self._weights: list[torch.Tensor] = []  # detached views: in-place masking without autograd bookkeeping
         self._factors: list[torch.Tensor] = []
         if mask is not None:
             self.set_mask(mask)
@@ -32,7 +33,7 @@ class MaskEnforcer:
         if missing:
             raise KeyError(f"mask has tensors the model does not: {missing[:3]}")
         self.mask = mask
-        self._params, self._factors = [], []
+        self._params, self._weights, self._factors = [], [], []
         for name, keep in mask.items():
             param = self.params[name]
             if bool(keep.all()):
@@ -40,22 +41,25 @@ class MaskEnforcer:
             factor = torch.empty_like(param, memory_format=torch.preserve_format)
             factor.copy_(keep.to(param.device))
             self._params.append(param)
+            self._weights.append(param.detach())
             self._factors.append(factor)
 
     @property
     def active(self) -> bool:
         return bool(self._params)
 
-    @torch.no_grad()
     def apply_to_weights(self) -> None:
-        if self._params:
-            torch._foreach_mul_(self._params, self._factors)
+        if self._weights:
+            torch._foreach_mul_(self._weights, self._factors)
 
-    @torch.no_grad()
     def apply_to_gradients(self) -> None:
         if not self._params:
             return
-        pairs = [(p.grad, f) for p, f in zip(self._params, self._factors) if p.grad is not None]
-        if pairs:
-            grads, factors = zip(*pairs)
-            torch._foreach_mul_(list(grads), list(factors))
+        grads = [p.grad for p in self._params]
+        if any(g is None for g in grads):  # a layer unused in this step (rare): mask the gradients that exist
+            pairs = [(g, f) for g, f in zip(grads, self._factors) if g is not None]
+            grads, factors = [g for g, _ in pairs], [f for _, f in pairs]
+            if grads:
+                torch._foreach_mul_(grads, factors)
+            return
+        torch._foreach_mul_(grads, self._factors)

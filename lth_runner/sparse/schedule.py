@@ -14,6 +14,11 @@ def kept_count(total: int, density: float) -> int:
     return max(0, min(total, math.floor(total * density + 0.5)))
 
 
+def remaining_fraction(target_sparsity: float) -> float:
+    """``1 - target`` without floating-point residue (1 - 0.9 is 0.09999999999999998 in binary floating point)."""
+    return round(1.0 - target_sparsity, 12)
+
+
 def geometric_densities(target_sparsity: float, rounds: int) -> list[float]:
     """Density after each of ``rounds`` rounds, each removing the same fraction of the survivors.
 
@@ -22,7 +27,7 @@ def geometric_densities(target_sparsity: float, rounds: int) -> list[float]:
     """
     if rounds < 1:
         raise ValueError("rounds must be >= 1")
-    remaining = 1.0 - target_sparsity
+    remaining = remaining_fraction(target_sparsity)
     return [remaining ** (i / rounds) for i in range(1, rounds)] + [remaining]
 
 
@@ -31,7 +36,7 @@ def fixed_fraction_densities(target_sparsity: float, rate: float) -> list[float]
     target is reached; the last round is cut short so it lands on the target."""
     if not 0 < rate < 1:
         raise ValueError("rate must be in (0, 1)")
-    remaining = 1.0 - target_sparsity
+    remaining = remaining_fraction(target_sparsity)
     densities: list[float] = []
     density = 1.0
     while density > remaining + 1e-12:
@@ -42,7 +47,7 @@ def fixed_fraction_densities(target_sparsity: float, rate: float) -> list[float]
 
 def per_round_rate(target_sparsity: float, rounds: int) -> float:
     """The fraction of survivors removed each round by :func:`geometric_densities`."""
-    return 1.0 - (1.0 - target_sparsity) ** (1.0 / rounds)
+    return 1.0 - remaining_fraction(target_sparsity) ** (1.0 / rounds)
 
 
 def round_densities(target_sparsity: float, *, schedule: str, rounds: int, rate: float) -> list[float]:

@@ -59,29 +59,34 @@ def _band(flats: list[torch.Tensor], total: int, k: int) -> tuple[torch.Tensor, 
 def select_top(scores: Mapping[str, torch.Tensor], keep: int, alive: Mask | None = None) -> Mask:
     """Keep exactly ``keep`` of the surviving entries with the highest scores, across all tensors together."""
     names = list(scores)
-    alive_masks = {n: (alive[n] if alive is not None else torch.ones_like(scores[n], dtype=torch.bool)) for n in names}
-    survivors = sum(int(alive_masks[n].sum()) for n in names)
+    ranked: dict[str, torch.Tensor] = {}
+    survivors = 0
+    for name in names:
+        score = scores[name].detach()
+        if score.dtype not in (torch.float32, torch.float64):
+            score = score.float()
+        if alive is not None:
+            score = score.masked_fill(~alive[name], -math.inf)  # pruned entries can never be chosen again
+            survivors += int(alive[name].sum())
+        else:
+            survivors += score.numel()
+        ranked[name] = score
     if not 0 <= keep <= survivors:
         raise ValueError(f"cannot keep {keep} weights: only {survivors} survive")
     if keep == 0:
-        return Mask({n: torch.zeros_like(alive_masks[n]) for n in names})
-    ranked = {}
+        return Mask({n: torch.zeros_like(ranked[n], dtype=torch.bool) for n in names})
     for name in names:
-        score = scores[name].detach()
-        if score.is_floating_point() and score.dtype != torch.float64:
-            score = score.float()
-        if torch.isnan(score).any():
+        if torch.isnan(ranked[name]).any():
             raise ValueError(f"pruning scores of {name} contain NaN (did training diverge?)")
-        ranked[name] = score.masked_fill(~alive_masks[name], -math.inf)
     threshold = kth_largest([ranked[n] for n in names], keep)
-    masks = {n: (ranked[n] > threshold) & alive_masks[n] for n in names}
-    missing = keep - sum(int(m.sum()) for m in masks.values())
-    for name in names:  # ties at the threshold: earliest entries first
-        if missing <= 0:
+    masks = {n: ranked[n] >= threshold for n in names}
+    surplus = sum(int(m.sum()) for m in masks.values()) - keep
+    for name in reversed(names):  # ties at the threshold: the latest entries give way, the earliest are kept
+        if surplus <= 0:
             break
-        tied = torch.nonzero(((ranked[name] == threshold) & alive_masks[name]).reshape(-1)).flatten()[:missing]
-        masks[name].view(-1)[tied] = True
-        missing -= tied.numel()
+        tied = torch.nonzero((ranked[name] == threshold).reshape(-1)).flatten()[-surplus:]
+        masks[name].view(-1)[tied] = False
+        surplus -= tied.numel()
     return Mask(masks)
 
 

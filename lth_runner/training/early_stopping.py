@@ -29,11 +29,13 @@ class EarlyStopping:
         return value > self.best + self.min_delta
 
     def update(self, value: float, epoch: int) -> bool:
+        if self.stopped_epoch is not None:  # the decision is final: later values change nothing
+            return True
         if self.improved(value):
             self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
         else:
             self.bad_epochs += 1
-        if self.bad_epochs >= self.patience and self.stopped_epoch is None:
+        if self.bad_epochs >= self.patience:
             self.stopped_epoch = epoch
         return self.stopped_epoch is not None
 

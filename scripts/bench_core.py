@@ -1,0 +1,170 @@
+"""Core performance figures (``make bench``): masked vs dense training step, global pruning, data pipeline.
+
+Timings on shared machines are noisy, so every comparison runs in one process, interleaves the variants in blocks,
+and reports medians and ratios. Results go to stdout and, with ``--json PATH``, to a JSON file.
+
+    python scripts/bench_core.py            # everything (about two minutes on a 2-core CPU)
+    python scripts/bench_core.py --quick    # fewer repetitions
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from lth_runner.config.schema import ModelConfig
+from lth_runner.data.base import DataSpec, InMemoryData
+from lth_runner.data.transforms import BatchTransform
+from lth_runner.models import build_model
+from lth_runner.sparse import CRITERIA, Mask, MaskEnforcer, kept_count, prunable_parameters, prune_to_density
+from lth_runner.training import EnforceMask
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench_prune(repeats: int) -> dict[str, Any]:
+    """Magnitude scores + exact global selection for ResNet-50's prunable weights (runs first: peak RSS is
+    monotonic, so the pruning's extra memory is the growth of the peak over the model's own footprint)."""
+    model = build_model(
+        ModelConfig(arch="resnet50", name="resnet50", kwargs={"stem": "cifar"}), (3, 32, 32), 10, seed=0
+    )
+    params = prunable_parameters(model)
+    total = sum(p.numel() for p in params.values())
+    baseline = peak_rss_mb()
+    times, alive = [], None
+    for density in [0.8, 0.64, 0.512, 0.41, 0.328][:repeats]:
+        start = time.perf_counter()
+        mask = prune_to_density(CRITERIA.get("magnitude")(params), density, alive=alive)
+        times.append(time.perf_counter() - start)
+        assert mask.num_kept() == kept_count(total, density), "selection missed the exact count"
+        alive = mask
+    return {
+        "weights": total,
+        "seconds_median": statistics.median(times),
+        "seconds_max": max(times),
+        "seconds_each": [round(t, 4) for t in times],
+        "extra_peak_memory_mb": round(peak_rss_mb() - baseline, 1),
+        "weights_mb": round(total * 4 / 2**20, 1),
+    }
+
+
+def bench_step(arch: str, shape: tuple[int, ...], batch: int, blocks: int, steps: int) -> dict[str, Any]:
+    """Median time of one SGD step (forward, backward, momentum + weight decay update) without and with mask
+    enforcement at 20% density, interleaved block by block."""
+    model = build_model(ModelConfig(arch=arch, name=arch, kwargs={}), shape, 10, seed=0)
+    params = prunable_parameters(model)
+    mask = Mask.random({n: p.shape for n, p in params.items()}, 0.2, generator=torch.Generator().manual_seed(0))
+    hook = EnforceMask(MaskEnforcer(params, mask))  # what the trainer calls around every step
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, foreach=True)
+    x = torch.randn(batch, *shape)
+    y = torch.randint(0, 10, (batch,))
+
+    def step(masked: bool) -> None:
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if masked:
+            hook.before_step(None)
+        optimizer.step()
+        if masked:
+            hook.after_step(None)
+
+    model.train()
+    for _ in range(5):  # warm-up both paths
+        step(False)
+        step(True)
+    samples: dict[bool, list[float]] = {False: [], True: []}
+    for block in range(blocks):
+        for masked in (False, True) if block % 2 == 0 else (True, False):
+            for _ in range(steps):
+                start = time.perf_counter()
+                step(masked)
+                samples[masked].append(time.perf_counter() - start)
+    dense, masked = statistics.median(samples[False]), statistics.median(samples[True])
+    return {
+        "model": arch,
+        "batch": batch,
+        "dense_ms": round(1000 * dense, 3),
+        "masked_ms": round(1000 * masked, 3),
+        "ratio": round(masked / dense, 4),
+        "steps_each": len(samples[False]),
+    }
+
+
+def bench_data(batch: int, epochs: int) -> dict[str, Any]:
+    """Images per second of the in-memory CIFAR-shaped path: gather, random crop (pad 4), flip, normalise."""
+    count = 50_000
+    images = torch.randint(0, 256, (count, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (count,))
+    transform = BatchTransform((0.49, 0.48, 0.45), (0.25, 0.24, 0.26), crop_padding=4, flip=True)
+    data = InMemoryData(
+        DataSpec("cifar-shaped", (3, 32, 32), 10),
+        {"train": (images, labels)},
+        transform,
+        batch_size=batch,
+        eval_batch_size=1000,
+    )
+    rates = []
+    for epoch in range(epochs + 1):
+        start = time.perf_counter()
+        seen = sum(y.numel() for _, y in data.train_batches(epoch))
+        if epoch:  # the first epoch warms up the allocator
+            rates.append(seen / (time.perf_counter() - start))
+    return {"batch": batch, "images_per_second_median": round(statistics.median(rates)), "epochs": epochs}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+    quick = args.quick
+    results: dict[str, Any] = {
+        "machine": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine(),
+        },
+    }
+    results["prune_resnet50"] = bench_prune(repeats=3 if quick else 5)
+    prune = results["prune_resnet50"]
+    print(
+        f"global magnitude prune, {prune['weights']:,} weights (ResNet-50): median {prune['seconds_median']:.3f} s, "
+        f"max {prune['seconds_max']:.3f} s, extra peak memory {prune['extra_peak_memory_mb']} MB "
+        f"(weights themselves {prune['weights_mb']} MB)",
+        flush=True,
+    )
+    results["step"] = [
+        bench_step("lenet_300_100", (1, 28, 28), 128, blocks=6 if quick else 20, steps=20 if quick else 50),
+        bench_step("resnet20", (3, 32, 32), 128, blocks=4 if quick else 8, steps=3 if quick else 5),
+    ]
+    for row in results["step"]:
+        print(
+            f"train step {row['model']} (batch {row['batch']}): dense {row['dense_ms']} ms, masked "
+            f"{row['masked_ms']} ms, ratio {row['ratio']:.3f} (median of {row['steps_each']} steps each)",
+            flush=True,
+        )
+    results["data"] = [bench_data(128, 2 if quick else 5), bench_data(512, 2 if quick else 5)]
+    for row in results["data"]:
+        print(
+            f"in-memory CIFAR-shaped pipeline, batch {row['batch']}: {row['images_per_second_median']:,} images/s",
+            flush=True,
+        )
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(results, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""Shared fixtures: a data root whose generated MNIST-1D is cached across tests, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+REAL_MNIST = REPO / "tests" / "data" / "mnist"
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    """A data root shared by the whole session (MNIST-1D is generated once per configuration and cached there)."""
+    return tmp_path_factory.mktemp("data")
+
+
+def run_cli(
+    *args: str, cwd: Path | None = None, data_root: Path | None = None, timeout: float = 300, check: bool = False
+) -> subprocess.CompletedProcess:
+    """Run ``lth-run ARGS`` in a subprocess, exactly as a user would (console output as plain lines)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if data_root is not None:
+        env["LTH_DATA_ROOT"] = str(data_root)
+    result = subprocess.run(
+        [sys.executable, "-m", "lth_runner.train", *args],
+        cwd=cwd or REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"lth-run {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result

@@ -1,0 +1,133 @@
+"""``lth-run`` end to end in a subprocess: the files and numbers a run writes, and resuming after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from lth_runner.sparse import Mask, geometric_densities, round_counts
+from lth_runner.utils.io import read_jsonl
+from tests.conftest import REPO
+
+# The demo recipe, shrunk: 2 rounds to 80% sparsity, 3 epochs per stage, ticket and re-initialisation control.
+SMALL = [
+    "experiment=demo",
+    "trainer.epochs=3",
+    "sparsity=80",
+    "sparsity.rounds=2",
+    "dataset.num_samples=2000",
+    "logger.console=plain",
+    "trainer.num_threads=1",
+]
+PRUNABLE = 40 * 200 + 200 * 200 + 200 * 10  # the demo MLP's weights
+
+
+def lth_run(run_dir, data_root, *extra, background=False):
+    env = dict(os.environ, LTH_DATA_ROOT=str(data_root), PYTHONUNBUFFERED="1")
+    command = [sys.executable, "-m", "lth_runner.train", *SMALL, f"hydra.run.dir={run_dir}", *extra]
+    if background:
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def comparable(summary):
+    """The summary without wall-clock fields."""
+    text = json.dumps(summary, sort_keys=True)
+    data = json.loads(text)
+    for entry in data["rounds"]:
+        for result in [entry["ticket"], *entry["controls"].values()]:
+            result.pop("seconds")
+    data["final"].pop("seconds")
+    for control in data["final"]["controls"].values():
+        control.pop("seconds")
+    data.pop("cost")
+    return data
+
+
+def test_a_run_writes_its_config_metrics_summary_masks_and_plot(tmp_path, data_root):
+    run_dir = tmp_path / "run"
+    result = lth_run(run_dir, data_root)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "round 2 ticket" in result.stdout and "reinit test %" in result.stdout
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["prunable_weights"] == PRUNABLE
+    expected_kept = round_counts(PRUNABLE, geometric_densities(0.8, 2))
+    assert [r["kept"] for r in summary["rounds"]] == [PRUNABLE, *expected_kept]
+    assert all(set(r["controls"]) == {"reinit"} for r in summary["rounds"][1:])
+    assert summary["cost"]["stages"] == 5 and summary["cost"]["epochs_total"] == 15
+
+    masks = [Mask.load(run_dir / "masks" / f"round_{i:02d}.pt") for i in (1, 2)]
+    assert [m.num_kept() for m in masks] == expected_kept
+    for name in masks[0]:
+        assert not (masks[1][name] & ~masks[0][name]).any()  # IMP never regrows a pruned weight
+
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    epochs = [r for r in records if r["event"] == "epoch"]
+    assert len(epochs) == 15
+    assert {"round", "epoch", "phase", "train_loss", "val_acc", "test_acc", "density", "lr", "elapsed"} <= set(
+        epochs[0]
+    )
+    for entry in summary["rounds"]:  # summary numbers are the logged ones
+        stage = [r for r in epochs if r["round"] == entry["round"] and r["phase"] in ("dense", "ticket")]
+        best = max(stage, key=lambda r: r["val_acc"])
+        assert entry["ticket"]["best_val_test_acc"] == best["test_acc"]
+        assert entry["ticket"]["final_test_acc"] == stage[-1]["test_acc"]
+        assert abs(stage[-1]["density"] - entry["density"]) < 1e-12
+
+    assert "hidden:" in (run_dir / "config.yaml").read_text()
+    assert (run_dir / ".hydra" / "overrides.yaml").exists()
+    assert (run_dir / "plots" / "accuracy_vs_density.png").stat().st_size > 1000
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.pt"]  # round weights released
+
+
+def test_a_run_killed_mid_stage_resumes_to_the_same_summary(tmp_path, data_root):
+    reference_dir, run_dir = tmp_path / "reference", tmp_path / "run"
+    assert lth_run(reference_dir, data_root).returncode == 0
+
+    process = lth_run(run_dir, data_root, background=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        if metrics.exists() and any(
+            r.get("key") == "round01/ticket" and r.get("epoch") == 1 for r in read_jsonl(metrics)
+        ):
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert (
+        not (run_dir / "summary.json").exists()
+        or json.loads((run_dir / "summary.json").read_text())["status"] == "running"
+    )
+
+    resumed = lth_run(run_dir, data_root)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "(resumed)" in resumed.stdout
+    reference = json.loads((reference_dir / "summary.json").read_text())
+    assert comparable(json.loads((run_dir / "summary.json").read_text())) == comparable(reference)
+    for i in (1, 2):
+        assert Mask.load(run_dir / "masks" / f"round_{i:02d}.pt") == Mask.load(
+            reference_dir / "masks" / f"round_{i:02d}.pt"
+        )
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    dense_epochs = [r for r in records if r["event"] == "epoch" and r["round"] == 0]
+    assert len(dense_epochs) == 3  # the finished dense stage was not trained again
+    restarts = [r for r in records if r["event"] == "stage_start" and r["key"] == "round01/ticket"]
+    assert [r["resumed"] for r in restarts] == [False, True] and restarts[1]["start_epoch"] >= 1
+
+
+def test_resuming_with_a_different_configuration_is_refused(tmp_path, data_root):
+    run_dir = tmp_path / "run"
+    assert lth_run(run_dir, data_root, "trainer.epochs=1").returncode == 0
+    refused = lth_run(run_dir, data_root, "trainer.epochs=2")
+    assert refused.returncode == 2
+    assert "holds a run with a different configuration (trainer.epochs: 1 -> 2)" in refused.stderr
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "complete"  # nothing was lost
+    assert torch.load(run_dir / "masks" / "round_01.pt", weights_only=True)["masks"]
