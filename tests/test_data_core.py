@@ -95,7 +95,8 @@ def test_ranks_receive_disjoint_slices_of_the_same_global_batch(images):
     assert images.size("val") == 10 and images.size("test") == 30
 
 
-def test_mnist1d_is_generated_once_and_cached(data_root):
+def test_mnist1d_is_generated_once_and_cached(tmp_path):
+    data_root = tmp_path
     cfg = Mnist1dConfig(name="mnist1d", num_samples=1000, val_size=100)
     first = build_data(cfg, data_root=data_root)
     assert len(list((data_root / "mnist1d").glob("mnist1d_*.pt"))) == 1

@@ -129,3 +129,21 @@ def test_the_run_seed_changes_the_training_stream():
         trainer, enforcer = make_trainer(None, seed=seed)
         losses.append(trainer.fit(Stage("k", 1, "ticket", epochs=1), hooks_with(enforcer)).final_train_loss)
     assert losses[0] == losses[1] and losses[0] != losses[2]
+
+
+def test_early_stop_and_snapshot_hooks_rewind_to_an_exact_earlier_epoch():
+    """Random labels: validation loss soon stops improving; the buffer then holds the states of earlier epochs."""
+    from lth_runner.training import EarlyStop, KeepSnapshots
+
+    trainer, enforcer = make_trainer(None)
+    buffer = SnapshotBuffer(capacity=3)
+    stop = EarlyStop(patience=1)
+    result = trainer.fit(Stage("s", 0, "dense", epochs=30), hooks_with(enforcer, [stop, KeepSnapshots(buffer)]))
+    assert result.stopped_early and result.epochs_trained == stop.stopper.stopped_epoch < 30
+    assert buffer.epochs()[-1] == result.epochs_trained
+    rewind_epoch = result.epochs_trained - 2
+    # an identical run stopped after `rewind_epoch` epochs ends in exactly the buffered state
+    replay, enforcer = make_trainer(None)
+    replay.fit(Stage("s", 0, "dense", epochs=rewind_epoch, schedule_epochs=30), hooks_with(enforcer))
+    for key, value in replay.model.state_dict().items():
+        assert torch.equal(value, buffer.back(2).model[key]), key

@@ -1,6 +1,7 @@
 """Training: optimizers, learning-rate schedules, the stage loop, early stopping and rewind snapshots."""
 
 from lth_runner.training.early_stopping import EarlyStopping
+from lth_runner.training.hooks import EarlyStop, KeepSnapshots
 from lth_runner.training.optim import build_optimizer
 from lth_runner.training.schedules import learning_rate
 from lth_runner.training.snapshots import Snapshot, SnapshotBuffer

@@ -1,0 +1,57 @@
+"""Optional trainer paths end to end: bf16 autocast with channels_last, torch.compile, label smoothing, Adam."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lth_runner.config.compose import compose_config
+from lth_runner.config.validate import build_run_config
+from lth_runner.session import run_experiment
+from lth_runner.sparse import Mask
+
+SMALL_IMAGES = [
+    "model=conv2",
+    "dataset=synthetic",
+    "dataset.shape=[3,16,16]",
+    "dataset.train_size=256",
+    "dataset.test_size=64",
+    "method=lth",
+    "sparsity=80",
+    "trainer.epochs=1",
+    "trainer.batch_size=64",
+    "logger.console=none",
+    "logger.plots=false",
+]
+
+
+def run(tmp_path, *overrides):
+    summary = run_experiment(build_run_config(compose_config([*SMALL_IMAGES, *overrides])), tmp_path)
+    state = torch.load(tmp_path / "checkpoints/last.pt", weights_only=False)["model"]
+    mask = Mask.load(tmp_path / "masks/round_01.pt")
+    for name, keep in mask.items():
+        assert torch.count_nonzero(state[name][~keep]) == 0, name
+    return summary
+
+
+def test_bf16_autocast_with_channels_last_keeps_masks_exact(tmp_path):
+    summary = run(tmp_path, "trainer.precision=bf16", "trainer.channels_last=true", "dataset.augment=true")
+    assert summary["status"] == "complete" and summary["rounds"][1]["density"] == pytest.approx(0.2, abs=1e-4)
+
+
+def test_adam_with_label_smoothing_warmup_and_clipping(tmp_path):
+    summary = run(
+        tmp_path,
+        "optim=adamw",
+        "trainer.label_smoothing=0.1",
+        "optim.scheduler.name=cosine",
+        "optim.scheduler.warmup_epochs=0.5",
+        "trainer.max_grad_norm=1.0",
+    )
+    assert summary["status"] == "complete"
+
+
+@pytest.mark.slow
+def test_torch_compile(tmp_path):
+    summary = run(tmp_path, "trainer.compile=true")
+    assert summary["status"] == "complete"
