@@ -27,10 +27,3 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if is_initialized() and world_size() > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
-
-
-def broadcast_tensors(tensors: list[torch.Tensor], src: int = 0) -> None:
-    """Overwrite every rank's tensors with rank ``src``'s (masks are computed on rank 0 and broadcast)."""
-    if is_initialized() and world_size() > 1:
-        for tensor in tensors:
-            dist.broadcast(tensor, src=src)

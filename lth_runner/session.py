@@ -4,7 +4,9 @@ Output layout (all writes atomic)::
 
     <output_dir>/
       config.yaml            the validated configuration
-      metrics.jsonl          one JSON object per event (epochs, stages, prunes)
+      metrics.jsonl          one JSON object per event (epochs, stages, prunes); an epoch cut short by a crash
+                             after it was logged is logged again when it is re-run: the last record per
+                             (key, epoch) is the one that counts
       summary.json           per-round results and costs (rewritten after every stage)
       state.json             completed stages and method notes (what a resumed run skips)
       masks/round_XX.pt      the mask of every round (bool tensors)
@@ -67,7 +69,6 @@ class RunContext:
         self.state_path = self.output_dir / "state.json"
         self.state: dict[str, Any] = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
         self.state.setdefault("completed", {})
-        self.state.setdefault("notes", {})
         self.resumed = bool(self.state["completed"]) or (self.checkpoint_path).exists()
         self._check_resume_config()
         self.device = select_device(cfg.trainer.device)
@@ -188,13 +189,6 @@ class RunContext:
     def save_mask(self, name: str, mask: Mask) -> None:
         if distributed.is_main():
             mask.save(self.mask_path(name))
-
-    def note(self, key: str, value: Any = None) -> Any:
-        """Read (``value`` None) or persist a small JSON-able fact a resumed run must know."""
-        if value is not None:
-            self.state["notes"][key] = value
-            self._save_state()
-        return self.state["notes"].get(key)
 
     def save_state_tensors(self, name: str, payload: Any) -> None:
         if distributed.is_main():

@@ -110,3 +110,14 @@ def test_criteria_registry():
     assert torch.equal(first, CRITERIA.get("random")(weights, ScoreContext(seed=4))["w"])
     assert not torch.equal(first, CRITERIA.get("random")(weights, ScoreContext(seed=5))["w"])
     assert {"magnitude", "random"} <= set(CRITERIA.names())
+
+
+def test_atomic_writes_respect_the_umask(tmp_path):
+    import os
+
+    from lth_runner.utils.io import write_json_atomic
+
+    write_json_atomic(tmp_path / "a.json", {"x": 1})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~umask

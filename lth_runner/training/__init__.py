@@ -8,8 +8,10 @@ from lth_runner.training.snapshots import Snapshot, SnapshotBuffer
 from lth_runner.training.trainer import EnforceMask, Stage, StageResult, Trainer, hooks_with
 
 __all__ = [
+    "EarlyStop",
     "EarlyStopping",
     "EnforceMask",
+    "KeepSnapshots",
     "Snapshot",
     "SnapshotBuffer",
     "Stage",
