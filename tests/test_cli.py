@@ -117,3 +117,35 @@ def test_resuming_with_a_different_configuration_is_refused(tmp_path, data_root)
     assert "holds a run with a different configuration (trainer.epochs: 1 -> 2)" in refused.stderr
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "complete"  # nothing was lost
     assert torch.load(run_dir / "masks" / "round_01.pt", weights_only=True)["masks"]
+
+
+def test_a_sweep_runs_every_combination_in_its_own_directory(tmp_path, data_root):
+    env = dict(os.environ, LTH_DATA_ROOT=str(data_root))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lth_runner.train",
+            "-m",
+            "debug=fast",
+            "method=lth,lth_iter",
+            "sparsity=50,90",
+            f"hydra.sweep.dir={tmp_path}",
+            "logger.console=none",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    summaries = [json.loads((tmp_path / str(job) / "summary.json").read_text()) for job in range(4)]
+    assert [(s["method"], s["target_sparsity"]) for s in summaries] == [
+        ("lth", 0.5),
+        ("lth", 0.9),
+        ("lth_iter", 0.5),
+        ("lth_iter", 0.9),
+    ]
+    assert all(s["status"] == "complete" for s in summaries)
+    assert [round(s["final"]["density"], 6) for s in summaries] == [0.5, 0.1, 0.5, 0.1]

