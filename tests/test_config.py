@@ -33,7 +33,7 @@ def test_sparsity_presets_are_named_by_target_and_keys_still_override():
     ]
     assert build("sparsity=90").sparsity.target == 0.9
     assert build("sparsity=90", "sparsity.target=0.85").sparsity.target == 0.85
-    assert build("sparsity=95").sparsity.rounds == 5  # presets inherit the rest from sparsity/base
+    assert build("sparsity=95").sparsity.rounds == 10  # presets inherit the rest from sparsity/base
 
 
 def test_groups_compose_models_datasets_methods():

@@ -108,10 +108,66 @@ class LTHConfig(MethodConfig):
     control_rounds: str = option("all", choices=("all", "last"))
 
 
+@dataclass
+class UniLTHConfig(MethodConfig):
+    """UniLTH / UniDLTH (seed 000, Algorithm 1): early stopping + rewind, then pruning under a growing penalty."""
+
+    patience: int = option(2, ge=1)  # phi: stage 1 stops when validation loss has not improved for this many epochs
+    min_delta: float = option(0.0, ge=0.0)
+    rewind: int = option(2, ge=0)  # xi: stage 2 starts from the state this many epochs before the stop
+    stage1_max_epochs: int | None = option(None, ge=1)  # cap on stage 1 (null: trainer.epochs)
+    stage2_epochs: int | None = option(None, ge=1)  # E of the laws (null: what remains of trainer.epochs)
+    reset_after_prune: bool = False  # Sec. 3.3 "train, prune, reset" instead of Algorithm 1's continuous stage 2
+    rewind_optimizer: bool = False  # restore the optimizer state of the rewind epoch too
+    rewind_schedule: bool = True  # the learning-rate schedule continues from the rewind epoch (else restarts)
+    weight_decay: str = option("none", choices=("none", "stage2", "both"))  # where optim.weight_decay applies
+    finetune_epochs: int = option(0, ge=0)  # after the last pruning event, without penalty
+    criterion: str = "magnitude"
+
+
+@dataclass
+class DLTHConfig(MethodConfig):
+    """DLTH / DLTH-Iter (Bai et al. 2022, random sparse network transformation, RST)."""
+
+    grow_epochs: int | None = option(None, ge=1)  # penalty rises to its ceiling (null: 30% of trainer.epochs)
+    stabilize_epochs: int | None = option(None, ge=0)  # penalty held at the ceiling (null: 20% of trainer.epochs)
+    finetune_epochs: int | None = option(None, ge=0)  # after pruning (null: the rest of trainer.epochs)
+    finetune_restart: bool = True  # fine-tune with a fresh optimizer and learning-rate schedule
+
+
+@dataclass
+class EarlyBirdConfig(MethodConfig):
+    """Early-Bird tickets (You et al. 2020): find the mask early in dense training, prune, retrain."""
+
+    detect: str = option("distance", choices=("distance", "fixed_epoch"))
+    threshold: float = option(0.1, ge=0.0, le=1.0)  # max normalised Hamming distance to the older masks
+    window: int = option(5, ge=2)  # FIFO of the last masks (the newest is compared with the others)
+    fixed_fraction: float = option(0.125, gt=0.0, le=1.0)  # fixed_epoch: the ticket is drawn at this fraction of E
+    granularity: str = option("weight", choices=("weight", "channel"))
+    bn_l1: float = option(1e-4, ge=0.0)  # channel variant: L1 penalty on BatchNorm scales during the search
+    retrain_from: str = option("eb", choices=("eb", "init"))  # the ticket's weights, or the initialisation
+    retrain_epochs: int | None = option(None, ge=1)  # null: trainer.epochs
+
+
+@dataclass
+class L1Config(MethodConfig):
+    """Seed 000's "L1" baseline: magnitude pruning of a pre-trained network, then fine-tuning (Li et al. 2017)."""
+
+    pretrained: str | None = None  # a run directory or a state-dict file; null: train the dense network here
+    structure: str = option("weight", choices=("weight", "filter"))  # per-layer weights, or whole filters by L1
+    finetune_epochs: int | None = option(None, ge=0)  # null: trainer.epochs
+    finetune_lr_scale: float = option(0.1, gt=0.0)  # fine-tuning learning rate = optim.lr * this
+
+
 # --------------------------------------------------------------------------------------------- regularizer
 @dataclass
 class RegularizerConfig:
-    name: str = option("none", choices=("none",))
+    """The growing L2 penalty ``alpha * ||w_S||^2`` of the regularized methods (seed 000, Sec. 3.3)."""
+
+    name: str = option("none", choices=("none", "linear", "loglaw", "explaw", "tanlaw"))
+    ceiling: float | None = option(None, ge=0.0)  # R_ceil; null: the method's default (docs/methods.md)
+    granularity: str = option("iteration", choices=("iteration", "epoch"))  # how often alpha is updated
+    gradient_scale: float = option(2.0, gt=0.0)  # d/dw alpha*||w||^2 = 2*alpha*w; reference codes often add alpha*w
 
 
 # ------------------------------------------------------------------------------------------------ sparsity
@@ -124,7 +180,7 @@ class SparsityConfig:
     exclude: list[str] = field(default_factory=list)  # fnmatch patterns on parameter names, e.g. "fc3.*"
     exclude_first: bool = False  # keep the first conv/linear layer dense
     exclude_last: bool = False  # keep the classifier dense
-    rounds: int = option(5, ge=1)  # pruning rounds for iterative methods (geometric schedule)
+    rounds: int = option(10, ge=1)  # pruning rounds (psi) of iterative methods (geometric schedule)
     schedule: str = option("geometric", choices=("geometric", "fixed_fraction"))
     rate: float = option(0.2, gt=0.0, lt=1.0)  # fraction of survivors removed per round (fixed_fraction)
 

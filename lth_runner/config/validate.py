@@ -51,6 +51,14 @@ def build_run_config(cfg: DictConfig | Mapping[str, Any]) -> RunConfig:
     groups["method"] = typed_config(
         "method", _entry_schema("method", data.get("method", {}), METHODS), data.get("method", {})
     )
+    method_entry = METHODS.entry(groups["method"].name)
+    if groups["regularizer"].name != "none" and not method_entry.meta.get("uses_regularizer", False):
+        users = ", ".join(n for n in METHODS.names() if METHODS.entry(n).meta.get("uses_regularizer"))
+        raise ConfigError(
+            "regularizer",
+            groups["regularizer"].name,
+            f"none with method={groups['method'].name} (growing penalties are used by: {users})",
+        )
     return RunConfig(**groups, seed=top_cfg.seed, name=top_cfg.name, plugins=list(top_cfg.plugins))
 
 

@@ -28,7 +28,7 @@ import torch
 from lth_runner.config.schema import LTHConfig
 from lth_runner.errors import ConfigError
 from lth_runner.methods import METHODS
-from lth_runner.methods.summary import cost, round_entry
+from lth_runner.methods.summary import cost, header, round_entry
 from lth_runner.session import RunContext
 from lth_runner.sparse import (
     CRITERIA,
@@ -240,19 +240,19 @@ def _summary(
     *,
     complete: bool,
 ) -> dict[str, Any]:
-    cfg = run.cfg
     last = rounds[-1]
+    final = {
+        "round": last["round"],
+        "density": last["density"],
+        "kept": last["kept"],
+        "test_acc": last["ticket"]["best_val_test_acc"],
+        **last["ticket"],
+        "controls": last["controls"],
+    }
     return {
-        "status": "complete" if complete else "running",
-        "method": cfg.method.name,
-        "model": cfg.model.name,
-        "dataset": cfg.dataset.name,
-        "seed": cfg.seed,
-        "target_sparsity": cfg.sparsity.target,
-        "scope": cfg.sparsity.scope,
-        "prunable_weights": total,
+        **header(run, total, complete=complete),
         "planned_densities": densities,
         "rounds": rounds,
-        "final": {"round": last["round"], "density": last["density"], **last["ticket"], "controls": last["controls"]},
+        "final": final,
         "cost": cost(results),
     }

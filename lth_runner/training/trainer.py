@@ -9,6 +9,7 @@ killed at any point and resumed from its last checkpoint finishes exactly as an 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Iterable, Sequence
@@ -44,6 +45,7 @@ class Stage:
     start_step: int = 0
     schedule_epochs: float | None = None
     density: float = 1.0
+    weight_decay: float | None = None  # overrides optim.weight_decay for this stage
 
 
 @dataclass
@@ -76,12 +78,18 @@ class StageResult:
 
 
 class Hook(Protocol):
-    """Optional callbacks; implement only what you need (the trainer checks with ``hasattr``)."""
+    """Optional callbacks; implement only what you need (the trainer checks with ``hasattr``).
+
+    ``log_fields`` adds (or overrides, e.g. ``density``) fields of every epoch record. A hook whose ``selectable``
+    attribute is False keeps the epoch out of best-validation selection (the network is not final yet, e.g. while
+    pruning events are still to come).
+    """
 
     def on_stage_start(self, trainer: Trainer) -> None: ...
     def before_step(self, trainer: Trainer) -> None: ...
     def after_step(self, trainer: Trainer) -> None: ...
     def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> bool | None: ...
+    def log_fields(self, trainer: Trainer) -> dict[str, Any]: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
@@ -134,15 +142,29 @@ class Trainer:
         self._best_state: dict[str, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------------------------------ public
-    def fit(self, stage: Stage, hooks: Sequence[Any] = (), *, keep_best_state: bool = False) -> StageResult:
-        """Train ``stage`` to its end (or until a hook stops it), resuming from the checkpoint if it has one."""
+    def fit(
+        self,
+        stage: Stage,
+        hooks: Sequence[Any] = (),
+        *,
+        keep_best_state: bool = False,
+        optimizer_state: dict[str, Any] | None = None,
+    ) -> StageResult:
+        """Train ``stage`` to its end (or until a hook stops it), resuming from the checkpoint if it has one.
+
+        ``optimizer_state`` starts the stage with a saved optimizer state (rewinding momentum along with weights)."""
         self.stage, self.hooks = stage, list(hooks)
-        self.optimizer = build_optimizer(self.model.parameters(), self.optim_cfg)
+        optim_cfg = self.optim_cfg
+        if stage.weight_decay is not None:
+            optim_cfg = dataclasses.replace(optim_cfg, weight_decay=stage.weight_decay)
+        self.optimizer = build_optimizer(self.model.parameters(), optim_cfg)
         self.step = stage.start_step
         result = StageResult(stage.key, stage.round, stage.phase, stage.density)
         self._best_state = None
         resumed = self._load_checkpoint(result)
         if not resumed:
+            if optimizer_state is not None:
+                self.optimizer.load_state_dict(optimizer_state)
             self._call("on_stage_start")
         self.epoch = self.step // self.steps_per_epoch
         self._log(
@@ -255,7 +277,7 @@ class Trainer:
         assert stage is not None
         val = self.evaluate("val")
         test = self.evaluate("test") if self.cfg.eval_test else None
-        return dict(
+        record = dict(
             key=stage.key,
             round=stage.round,
             phase=stage.phase,
@@ -273,15 +295,25 @@ class Trainer:
             epoch_seconds=seconds,
             elapsed=time.perf_counter() - started,
         )
+        for hook in self.hooks:
+            fields = self._call_one(hook, "log_fields", self)
+            if fields:
+                record.update(fields)
+        record["selectable"] = all(getattr(hook, "selectable", True) for hook in self.hooks)
+        return record
 
     def _update_result(self, result: StageResult, record: dict[str, Any], keep_best_state: bool) -> None:
         result.epochs_trained += 1
+        result.density = record["density"]
         result.final_train_loss = record["train_loss"]
         result.final_val_acc, result.final_val_loss = record["val_acc"], record["val_loss"]
         result.final_test_acc, result.final_test_loss = record["test_acc"], record["test_loss"]
-        # Model selection looks at validation accuracy only; the test accuracy at that epoch is reported.
+        # Model selection looks at validation accuracy only, and only at epochs whose network is final (see Hook);
+        # the test accuracy at that epoch is what gets reported.
         score = record["val_acc"]
-        if score is not None and (result.best_val_acc is None or score > result.best_val_acc):
+        if not record["selectable"] or score is None:
+            return
+        if result.best_val_acc is None or score > result.best_val_acc:
             result.best_val_acc, result.best_val_loss = score, record["val_loss"]
             result.best_epoch, result.best_val_test_acc = record["epoch"], record["test_acc"]
             if keep_best_state:
