@@ -134,6 +134,7 @@ class RunContext:
         *,
         keep_weights: bool = False,
         keep_best_state: bool = False,
+        optimizer_state: dict[str, Any] | None = None,
     ) -> StageResult:
         """Train ``stage`` unless a previous attempt finished it; afterwards ``model`` holds the stage's final
         weights (when they were kept). Results are persisted before this returns."""
@@ -152,7 +153,9 @@ class RunContext:
             tracker=self.tracker,
             checkpoint_path=self.checkpoint_path,
         )
-        result = trainer.fit(stage, hooks_with(enforcer, hooks), keep_best_state=keep_best_state)
+        result = trainer.fit(
+            stage, hooks_with(enforcer, hooks), keep_best_state=keep_best_state, optimizer_state=optimizer_state
+        )
         if distributed.is_main():
             if keep_weights:
                 save_torch_atomic(self.weights_path(stage.key), unwrap(model).state_dict())
