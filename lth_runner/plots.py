@@ -43,3 +43,37 @@ def accuracy_vs_density(summary: dict[str, Any], path: str | Path) -> Path:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
     return path
+
+
+def accuracy_over_training(summary: dict[str, Any], records: list[dict[str, Any]], path: str | Path) -> Path:
+    """Test accuracy and density against the epochs trained so far, across all stages (one point per epoch)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = {}
+    for record in records:  # an epoch re-run after a crash is logged again: the last record counts
+        if record.get("event") == "epoch":
+            epochs[(record["key"], record["epoch"])] = record
+    points = list(epochs.values())
+    fig, accuracy_axis = plt.subplots(figsize=(7, 4))
+    x = list(range(1, len(points) + 1))
+    accuracy_axis.plot(x, [100 * (p["test_acc"] or 0) for p in points], label="test accuracy", color="tab:blue")
+    accuracy_axis.set_xlabel("epochs trained (all stages)")
+    accuracy_axis.set_ylabel("test accuracy (%)")
+    density_axis = accuracy_axis.twinx()
+    density_axis.plot(x, [100 * p["density"] for p in points], label="density", color="tab:orange", linestyle="--")
+    density_axis.set_ylabel("weights remaining (%)")
+    for index in range(1, len(points)):
+        if points[index]["key"] != points[index - 1]["key"]:
+            accuracy_axis.axvline(index + 0.5, color="grey", alpha=0.3)
+    accuracy_axis.set_title(f"{summary['method']}: {summary['model']} on {summary['dataset']} (seed {summary['seed']})")
+    accuracy_axis.grid(True, alpha=0.3)
+    fig.legend(loc="lower left", bbox_to_anchor=(0.1, 0.15))
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return path

@@ -42,7 +42,7 @@ from lth_runner.sparse.prunable import from_sparsity_config, unwrap
 from lth_runner.tracking import ConsoleReporter, Tracker
 from lth_runner.tracking.tracker import JsonlSink
 from lth_runner.training.trainer import Stage, StageResult, Trainer, hooks_with
-from lth_runner.utils.io import save_torch_atomic, write_json_atomic, write_text_atomic
+from lth_runner.utils.io import read_jsonl, save_torch_atomic, write_json_atomic, write_text_atomic
 from lth_runner.utils.seeding import derive_seed
 
 # Settings that change how a run is executed or displayed, not what it computes: a resumed run may differ in them.
@@ -288,12 +288,44 @@ def run_experiment(cfg: RunConfig, output_dir: str | Path) -> dict[str, Any]:
 
 
 def report_end(run: RunContext, summary: dict[str, Any]) -> None:
-    """Final table on the console, the accuracy-vs-density plot, and a ``run_end`` event."""
+    """Final table on the console, a plot, and a ``run_end`` event."""
+    title = f"{summary.get('method')} | {summary.get('model')} | {summary.get('dataset')}"
+    if summary.get("rounds"):
+        _rounds_table(run, summary, title)
+    else:
+        stages = summary.get("cost", {}).get("epochs_per_stage", {})
+        run.console.table(f"{title} (epochs per stage)", ["stage", "epochs"], [[k, v] for k, v in stages.items()])
+    final = summary.get("final", {})
+    run.console.print(
+        f"final: density {_pct(final.get('density'))}%, test accuracy {_pct(final.get('test_acc'))}% "
+        f"at the best validation epoch, {_pct(final.get('final_test_acc'))}% at the last epoch"
+    )
+    plot = None
+    if run.cfg.logger.plots:
+        from lth_runner import plots
+
+        plots_dir = run.output_dir / "plots"
+        if summary.get("rounds"):
+            plot = str(plots.accuracy_vs_density(summary, plots_dir / "accuracy_vs_density.png"))
+        else:
+            records = read_jsonl(run.output_dir / "metrics.jsonl")
+            plot = str(plots.accuracy_over_training(summary, records, plots_dir / "accuracy_over_training.png"))
+    run.tracker.log(
+        "run_end",
+        summary=str(run.output_dir / "summary.json"),
+        plot=plot,
+        status=summary.get("status"),
+        cost=summary.get("cost"),
+    )
+    run.console.print(f"results: {run.output_dir / 'summary.json'}" + (f", plot: {plot}" if plot else ""))
+
+
+def _rounds_table(run: RunContext, summary: dict[str, Any], title: str) -> None:
     columns = ["round", "density %", "ticket test %", "ticket final %"]
-    controls = sorted({name for r in summary.get("rounds", []) for name in r["controls"]})
+    controls = sorted({name for r in summary["rounds"] for name in r["controls"]})
     columns += [f"{name} test %" for name in controls]
     rows = []
-    for entry in summary.get("rounds", []):
+    for entry in summary["rounds"]:
         ticket = entry["ticket"]
         row = [
             entry["round"],
@@ -303,25 +335,7 @@ def report_end(run: RunContext, summary: dict[str, Any]) -> None:
         ]
         row += [_pct(entry["controls"][c]["best_val_test_acc"]) if c in entry["controls"] else "-" for c in controls]
         rows.append(row)
-    run.console.table(
-        f"{summary.get('method')} | {summary.get('model')} | {summary.get('dataset')} "
-        f"(test accuracy at the best validation epoch)",
-        columns,
-        rows,
-    )
-    plot = None
-    if run.cfg.logger.plots and summary.get("rounds"):
-        from lth_runner.plots import accuracy_vs_density
-
-        plot = str(accuracy_vs_density(summary, run.output_dir / "plots" / "accuracy_vs_density.png"))
-    run.tracker.log(
-        "run_end",
-        summary=str(run.output_dir / "summary.json"),
-        plot=plot,
-        status=summary.get("status"),
-        cost=summary.get("cost"),
-    )
-    run.console.print(f"results: {run.output_dir / 'summary.json'}" + (f", plot: {plot}" if plot else ""))
+    run.console.table(f"{title} (test accuracy at the best validation epoch)", columns, rows)
 
 
 def _pct(value: float | None) -> str:

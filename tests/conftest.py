@@ -20,10 +20,15 @@ def data_root(tmp_path_factory) -> Path:
 
 
 def run_cli(
-    *args: str, cwd: Path | None = None, data_root: Path | None = None, timeout: float = 300, check: bool = False
+    *args: str,
+    cwd: Path | None = None,
+    data_root: Path | None = None,
+    timeout: float = 300,
+    check: bool = False,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
     """Run ``lth-run ARGS`` in a subprocess, exactly as a user would (console output as plain lines)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     if data_root is not None:
         env["LTH_DATA_ROOT"] = str(data_root)
     result = subprocess.run(

@@ -85,3 +85,27 @@ def test_pruning_from_the_best_validation_epoch(tmp_path, data_root):
 def test_a_rewind_point_beyond_training_is_a_config_error(tmp_path, data_root):
     with pytest.raises(ConfigError, match="method.rewind_to=2 is not accepted: expected fewer than the 2 epochs"):
         run(tmp_path, data_root, "method.rewind_to=2")
+
+
+def test_the_iteration_rewind_point_is_the_state_after_exactly_k_steps(tmp_path, data_root):
+    from lth_runner.session import RunContext
+    from lth_runner.training import Stage, Trainer
+
+    overrides = ["method.rewind_to=5", "method.rewind_unit=iteration", "sparsity.rounds=1"]
+    run(tmp_path / "run", data_root, *overrides)
+    rewind = torch.load(tmp_path / "run/checkpoints/rewind.pt", weights_only=False)
+
+    class StopAfter:
+        def after_step(self, trainer):
+            if trainer.step == 5:
+                raise StopIteration
+
+    cfg = build_run_config(compose_config([*BASE, f"paths.data_root={data_root}", *overrides]))
+    replay = RunContext(cfg, tmp_path / "replay")
+    model = replay.new_model("init")
+    trainer = Trainer(model, replay.data, optim=cfg.optim, trainer=cfg.trainer, seed=cfg.seed)
+    with pytest.raises(StopIteration):
+        trainer.fit(Stage("round00/dense", 0, "dense", epochs=2), [StopAfter()])
+    assert rewind["step"] == 5
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, rewind["model"][key]), key

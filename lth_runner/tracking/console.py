@@ -112,7 +112,7 @@ class ConsoleReporter:
                 table.add_row(*map(str, row))
             Console(file=self.stream).print(table)
             return
-        widths = [max(len(str(c)), *(len(str(r[i])) for r in rows)) for i, c in enumerate(columns)]
+        widths = [max([len(str(c)), *(len(str(r[i])) for r in rows)]) for i, c in enumerate(columns)]
         self.print(title)
         self.print("  ".join(str(c).rjust(w) for c, w in zip(columns, widths)))
         for row in rows:

@@ -256,9 +256,9 @@ class Trainer:
             if self.cfg.max_grad_norm:
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
             self.optimizer.step()
+            self.step += 1  # hooks see the number of optimizer steps taken so far
             for hook in after:
                 hook.after_step(self)
-            self.step += 1
             with torch.no_grad():
                 totals[0] += loss.detach().double() * y.numel()
                 totals[1] += (logits.argmax(1) == y).sum()
