@@ -32,7 +32,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from lth_runner import distributed
-from lth_runner.config.schema import RunConfig
+from lth_runner.config.schema import OptimConfig, RunConfig
 from lth_runner.data import DataBundle, build_data
 from lth_runner.errors import UserError
 from lth_runner.models import build_model
@@ -135,9 +135,11 @@ class RunContext:
         keep_weights: bool = False,
         keep_best_state: bool = False,
         optimizer_state: dict[str, Any] | None = None,
+        optim: OptimConfig | None = None,
     ) -> StageResult:
         """Train ``stage`` unless a previous attempt finished it; afterwards ``model`` holds the stage's final
-        weights (when they were kept). Results are persisted before this returns."""
+        weights (when they were kept). Results are persisted before this returns. ``optim`` replaces ``cfg.optim``
+        for this stage (e.g. a smaller fine-tuning learning rate)."""
         done = self.completed(stage.key)
         if done is not None:
             weights = self.weights_path(stage.key)
@@ -147,7 +149,7 @@ class RunContext:
         trainer = Trainer(
             model,
             self.data,
-            optim=self.cfg.optim,
+            optim=optim or self.cfg.optim,
             trainer=self.cfg.trainer,
             seed=self.cfg.seed,
             tracker=self.tracker,

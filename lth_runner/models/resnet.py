@@ -67,7 +67,8 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    """Stem ``conv1``/``bn1`` (+ ``maxpool``), ``layer1..4`` at 64/128/256/512 planes, average pool, ``fc``."""
+    """Stem ``conv1``/``bn1`` (+ ``maxpool``), ``layer1..4`` at ``width`` x 1/2/4/8 planes (64: the published
+    networks), average pool, ``fc``."""
 
     def __init__(
         self,
@@ -76,6 +77,7 @@ class ResNet(nn.Module):
         blocks: list[int],
         num_classes: int,
         stem: str = "auto",
+        width: int = 64,
     ) -> None:
         super().__init__()
         if stem not in STEMS:
@@ -83,12 +85,16 @@ class ResNet(nn.Module):
         if stem == "auto":
             stem = "cifar" if input_shape[1] <= 64 else "imagenet"
         kernel, stride = (3, 1) if stem == "cifar" else (7, 2)
-        self.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=kernel, stride=stride, padding=kernel // 2, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        if width < 1:
+            raise ConfigError("model.width", width, "an integer >= 1")
+        self.conv1 = nn.Conv2d(
+            input_shape[0], width, kernel_size=kernel, stride=stride, padding=kernel // 2, bias=False
+        )
+        self.bn1 = nn.BatchNorm2d(width)
         self.maxpool = nn.Identity() if stem == "cifar" else nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        f_in, stages = 64, []
+        f_in, stages = width, []
         for stage, n in enumerate(blocks):
-            planes, stride = 64 * 2**stage, 1 if stage == 0 else 2
+            planes, stride = width * 2**stage, 1 if stage == 0 else 2
             layers = []
             for i in range(n):
                 layers.append(block(f_in, planes, stride if i == 0 else 1))
@@ -106,18 +112,18 @@ class ResNet(nn.Module):
 
 
 @MODELS.register("resnet18", inputs="image")
-def resnet18(input_shape: tuple[int, ...], num_classes: int, *, stem: str = "auto") -> nn.Module:
+def resnet18(input_shape: tuple[int, ...], num_classes: int, *, stem: str = "auto", width: int = 64) -> nn.Module:
     """ResNet-18: basic blocks [2, 2, 2, 2]."""
-    return ResNet(input_shape, BasicBlock, [2, 2, 2, 2], num_classes, stem)
+    return ResNet(input_shape, BasicBlock, [2, 2, 2, 2], num_classes, stem, width)
 
 
 @MODELS.register("resnet34", inputs="image")
-def resnet34(input_shape: tuple[int, ...], num_classes: int, *, stem: str = "auto") -> nn.Module:
+def resnet34(input_shape: tuple[int, ...], num_classes: int, *, stem: str = "auto", width: int = 64) -> nn.Module:
     """ResNet-34: basic blocks [3, 4, 6, 3]."""
-    return ResNet(input_shape, BasicBlock, [3, 4, 6, 3], num_classes, stem)
+    return ResNet(input_shape, BasicBlock, [3, 4, 6, 3], num_classes, stem, width)
 
 
 @MODELS.register("resnet50", inputs="image")
-def resnet50(input_shape: tuple[int, ...], num_classes: int, *, stem: str = "auto") -> nn.Module:
+def resnet50(input_shape: tuple[int, ...], num_classes: int, *, stem: str = "auto", width: int = 64) -> nn.Module:
     """ResNet-50: bottleneck blocks [3, 4, 6, 3]."""
-    return ResNet(input_shape, Bottleneck, [3, 4, 6, 3], num_classes, stem)
+    return ResNet(input_shape, Bottleneck, [3, 4, 6, 3], num_classes, stem, width)

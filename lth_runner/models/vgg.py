@@ -29,7 +29,9 @@ PLANS: dict[str, list[int | str]] = {
 class VGG(nn.Module):
     """``features`` (``conv1``, ``bn1``, ``relu1``, ``pool1``, ...), global average pool, classifier ``fc``."""
 
-    def __init__(self, input_shape: tuple[int, ...], plan: list[int | str], num_classes: int) -> None:
+    def __init__(
+        self, input_shape: tuple[int, ...], plan: list[int | str], num_classes: int, width_mult: float = 1.0
+    ) -> None:
         super().__init__()
         channels, height, width = input_shape
         layers: OrderedDict[str, nn.Module] = OrderedDict()
@@ -42,6 +44,7 @@ class VGG(nn.Module):
                     height, width = height // 2, width // 2
                 continue
             n_conv += 1
+            item = max(1, round(int(item) * width_mult))
             # Conv biases are kept (redundant before BatchNorm) to match open_lth and torchvision's vgg*_bn.
             layers[f"conv{n_conv}"] = nn.Conv2d(channels, int(item), kernel_size=3, padding=1)
             layers[f"bn{n_conv}"] = nn.BatchNorm2d(int(item))
@@ -57,24 +60,24 @@ class VGG(nn.Module):
 
 
 @MODELS.register("vgg11", inputs="image")
-def vgg11(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """VGG-11-BN (configuration A)."""
-    return VGG(input_shape, PLANS["vgg11"], num_classes)
+def vgg11(input_shape: tuple[int, ...], num_classes: int, *, width_mult: float = 1.0) -> nn.Module:
+    """VGG-11-BN (configuration A); ``width_mult`` scales every conv layer's channels."""
+    return VGG(input_shape, PLANS["vgg11"], num_classes, width_mult)
 
 
 @MODELS.register("vgg13", inputs="image")
-def vgg13(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """VGG-13-BN (configuration B)."""
-    return VGG(input_shape, PLANS["vgg13"], num_classes)
+def vgg13(input_shape: tuple[int, ...], num_classes: int, *, width_mult: float = 1.0) -> nn.Module:
+    """VGG-13-BN (configuration B); ``width_mult`` scales every conv layer's channels."""
+    return VGG(input_shape, PLANS["vgg13"], num_classes, width_mult)
 
 
 @MODELS.register("vgg16", inputs="image")
-def vgg16(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """VGG-16-BN (configuration D)."""
-    return VGG(input_shape, PLANS["vgg16"], num_classes)
+def vgg16(input_shape: tuple[int, ...], num_classes: int, *, width_mult: float = 1.0) -> nn.Module:
+    """VGG-16-BN (configuration D); ``width_mult`` scales every conv layer's channels."""
+    return VGG(input_shape, PLANS["vgg16"], num_classes, width_mult)
 
 
 @MODELS.register("vgg19", inputs="image")
-def vgg19(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """VGG-19-BN (configuration E)."""
-    return VGG(input_shape, PLANS["vgg19"], num_classes)
+def vgg19(input_shape: tuple[int, ...], num_classes: int, *, width_mult: float = 1.0) -> nn.Module:
+    """VGG-19-BN (configuration E); ``width_mult`` scales every conv layer's channels."""
+    return VGG(input_shape, PLANS["vgg19"], num_classes, width_mult)

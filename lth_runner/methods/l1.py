@@ -1,0 +1,317 @@
+"""L1: magnitude pruning of a pre-trained network, then fine-tuning (seed 000's "L1" baseline row).
+
+Seed 000 lists "L1: L1 regularization pruning based on a pretrained network, Li et al. (2016)", i.e. Li, Kadav,
+Durdanovic, Samet & Graf, "Pruning Filters for Efficient ConvNets" (ICLR 2017), Sec. 3.1: for every conv layer,
+compute each filter's L1 norm ``s_j = sum |F_j|`` (over input channels x kernel height x width), remove the filters
+with the smallest sums, then retrain ("prune once and retrain", Sec. 3.4). The method here:
+
+1. pre-train: train the dense network in this run (stage ``pretrain/dense``, ``trainer.epochs`` epochs), or load
+   weights with ``method.pretrained`` (a state-dict file, a dict with a ``model`` key such as ``checkpoints/last.pt``,
+   or a run directory of this tool);
+2. prune once to ``sparsity.target`` (mask saved as ``masks/l1.pt`` and read back on resume);
+3. fine-tune the masked pre-trained weights (stage ``finetune/ticket``) with a fresh optimizer at
+   ``optim.lr * method.finetune_lr_scale``, the learning-rate schedule spanning the fine-tuning epochs.
+
+Choices where the papers leave room (also in docs/methods.md):
+- ``structure=weight`` (default) is unstructured magnitude pruning (|w|, the per-weight L1 norm); it honours
+  ``sparsity.scope``. The seed paper's per-layer L1 row corresponds to ``sparsity.scope=layerwise`` (the project
+  default is ``global``).
+- ``structure=filter`` is Li et al.'s criterion, always per layer (L1 norms of filters of different fan-in are not
+  comparable): every prunable layer keeps ``max(1, kept_count(n_filters, 1 - target))`` output units with the
+  largest L1 norms (ties keep the lower index). Linear layers are pruned by output neurons the same way, the
+  classifier included unless excluded (``sparsity.exclude_last=true`` is advisable: a console message says so).
+  Only the weights of removed filters are masked; biases, BatchNorm parameters and the next layer's matching input
+  channels are left alone (the masks cover prunable weights only), so a removed filter outputs a constant and the
+  weight density is ``sum(kept_filters * fan_in) / total`` rather than exactly ``1 - target``.
+- The dense and the pruned (not yet fine-tuned) networks are evaluated once on the validation and test splits
+  and reported in the ``l1`` summary section (Li et al. Fig. 2 compares pruning with and without retraining).
+- With ``finetune_epochs=0`` the delivered network is the pruned one; its accuracies fill ``final``.
+- With the same seed and configuration, the in-run pre-training stage trains exactly as LTH's ``round00/dense``
+  (same initialisation labels, round and phase seeds), so an LTH run directory gives the same masks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lth_runner.config.schema import L1Config
+from lth_runner.errors import UserError
+from lth_runner.methods import METHODS
+from lth_runner.methods.summary import cost, final_block, header, round_entry, stage_summary
+from lth_runner.session import RunContext
+from lth_runner.sparse import Mask, MaskEnforcer, kept_count, prunable_parameters, prune_to_density, select_top, unwrap
+from lth_runner.sparse.schedule import remaining_fraction
+from lth_runner.training.trainer import Stage, StageResult, Trainer
+
+PRETRAIN_KEY = "pretrain/dense"
+FINETUNE_KEY = "finetune/ticket"
+MASK_NAME = "l1"
+EVALUATION_NAME = "l1_evaluation"
+# Where a run directory keeps dense weights: this method's pre-training, LTH's round 0 (kept with
+# trainer.keep_round_weights=true), and a search stage's dense weights.
+RUN_DIR_WEIGHTS = (
+    "checkpoints/pretrain_dense.final.pt",
+    "checkpoints/round00_dense.final.pt",
+    "checkpoints/search_dense.final.pt",
+)
+
+
+# ------------------------------------------------------------------------------------------------ pruning
+def filter_norms(weight: torch.Tensor) -> torch.Tensor:
+    """L1 norm of every output unit (filter of a conv, row of a linear layer): ``sum |w|`` over all other dims."""
+    w = weight.detach().double().abs()
+    return w.reshape(w.shape[0], -1).sum(dim=1)
+
+
+def filter_mask(weights: Mapping[str, torch.Tensor], density: float) -> Mask:
+    """Li et al. (2017): in every tensor keep the ``max(1, kept_count(n_filters, density))`` filters with the largest
+    L1 norms (ties keep the lower index) and mask every weight of the others."""
+    masks = {}
+    for name, weight in weights.items():
+        norms = filter_norms(weight)
+        keep = max(1, kept_count(norms.numel(), density))
+        rows = select_top({name: norms}, keep)[name]
+        masks[name] = rows.view(-1, *([1] * (weight.dim() - 1))).expand(weight.shape).clone()
+    return Mask(masks)
+
+
+def weight_mask(weights: Mapping[str, torch.Tensor], density: float, scope: str) -> Mask:
+    """Unstructured magnitude pruning: keep the largest |w| (per layer with ``scope="layerwise"``), exact counts."""
+    return prune_to_density({n: w.detach().abs() for n, w in weights.items()}, density, scope=scope)
+
+
+def l1_mask(weights: Mapping[str, torch.Tensor], target: float, *, structure: str, scope: str) -> Mask:
+    """The L1 method's mask at sparsity ``target`` for ``structure`` ``weight`` or ``filter``."""
+    density = remaining_fraction(target)
+    if structure == "filter":
+        return filter_mask(weights, density)
+    if structure == "weight":
+        return weight_mask(weights, density, scope)
+    raise ValueError(f"unknown structure {structure!r}: expected 'weight' or 'filter'")
+
+
+def filters_kept(mask: Mask) -> dict[str, int]:
+    """Output units (filters, neurons) of every tensor that keep at least one weight."""
+    return {name: int(keep.reshape(keep.shape[0], -1).any(dim=1).sum()) for name, keep in mask.items()}
+
+
+def filter_density(mask: Mask) -> float:
+    total = sum(keep.shape[0] for _, keep in mask.items())
+    return sum(filters_kept(mask).values()) / total if total else 1.0
+
+
+# ------------------------------------------------------------------------------------------- pre-trained
+def resolve_pretrained(spec: str) -> tuple[Path, str]:
+    """The weights file that ``method.pretrained`` names and its kind (``file`` or ``run_dir``)."""
+    path = Path(spec).expanduser().resolve()
+    if path.is_dir():
+        for candidate in RUN_DIR_WEIGHTS:
+            if (path / candidate).is_file():
+                return path / candidate, "run_dir"
+        raise UserError(
+            f"method.pretrained={spec!r}: the run directory {path} holds none of {', '.join(RUN_DIR_WEIGHTS)} "
+            f"(an LTH run keeps its dense weights only with trainer.keep_round_weights=true: re-run it so, "
+            f"or point method.pretrained at a state-dict file)"
+        )
+    if path.is_file():
+        return path, "file"
+    raise UserError(
+        f"method.pretrained={spec!r}: no such file or directory ({path}); give a state-dict file or a run directory"
+    )
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from ``path``: saved as is, or under a ``model`` key (like ``checkpoints/last.pt``)."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to fix
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserError(f"method.pretrained: {path} is not a readable PyTorch weights file ({reason})") from None
+    if isinstance(payload, dict) and isinstance(payload.get("model"), dict):
+        payload = payload["model"]
+    if not isinstance(payload, dict) or not payload or not all(isinstance(v, torch.Tensor) for v in payload.values()):
+        raise UserError(
+            f"method.pretrained: {path} holds no state dict (expected {{name: tensor}} or a dict with a 'model' key)"
+        )
+    return payload
+
+
+def check_compatible(state: Mapping[str, torch.Tensor], model: nn.Module, path: Path) -> None:
+    """Refuse, in one line naming the first offending tensor, weights that do not fit ``model``."""
+    expected = unwrap(model).state_dict()
+    for name, tensor in expected.items():
+        if name not in state:
+            raise UserError(f"method.pretrained: {path} has no tensor {name!r}, which the model needs")
+        if tuple(state[name].shape) != tuple(tensor.shape):
+            raise UserError(
+                f"method.pretrained: {path} does not fit the model: {name} has shape {tuple(state[name].shape)} "
+                f"there and {tuple(tensor.shape)} in the model"
+            )
+    extra = [name for name in state if name not in expected]
+    if extra:
+        raise UserError(f"method.pretrained: {path} has tensor {extra[0]!r}, which the model does not")
+
+
+# ------------------------------------------------------------------------------------------------- method
+@METHODS.register("l1", config=L1Config, uses_regularizer=False)
+def l1(run: RunContext) -> dict[str, Any]:
+    """Pre-train (or load), prune once by L1 magnitude to the target, fine-tune."""
+    cfg, method = run.cfg, run.cfg.method
+    assert isinstance(method, L1Config)
+    finetune_epochs = cfg.trainer.epochs if method.finetune_epochs is None else method.finetune_epochs
+    finetune_optim = dataclasses.replace(cfg.optim, lr=cfg.optim.lr * method.finetune_lr_scale)
+
+    model = run.new_model("init")  # the labels LTH uses, so an in-run pre-training equals LTH's round 0
+    params = run.prunable(model)
+    total = sum(p.numel() for p in params.values())
+    run.tracker.log(
+        "run_start",
+        method=method.name,
+        model=cfg.model.name,
+        data=run.data.describe(),
+        output_dir=str(run.output_dir),
+        resumed=run.resumed,
+        prunable_weights=total,
+        densities=[remaining_fraction(cfg.sparsity.target)],
+    )
+    loaded = _load_pretrained(run, model) if method.pretrained is not None else None
+    if method.structure == "filter":
+        _warn_classifier(run, model, params)
+
+    results: list[StageResult] = []
+    rounds: list[dict[str, Any]] = []
+    if loaded is None:
+        dense = run.train(Stage(PRETRAIN_KEY, 0, "dense", cfg.trainer.epochs), model, None, keep_weights=True)
+        results.append(dense)
+        rounds.append(round_entry(0, total, total, dense))
+        source: dict[str, Any] = {"source": PRETRAIN_KEY, "source_kind": "in_run"}
+    else:
+        source = {"source": str(loaded[0]), "source_kind": loaded[1]}
+    section: dict[str, Any] = {
+        **source,
+        "structure": method.structure,
+        "scope": "layerwise" if method.structure == "filter" else cfg.sparsity.scope,
+        "finetune_epochs": finetune_epochs,
+        "finetune_lr": finetune_optim.lr,
+    }
+    run.write_summary(_running_summary(run, total, rounds, results, section))
+
+    mask = _mask(run, method, params)
+    section.update(
+        weight_density=mask.density(),
+        filter_density=filter_density(mask),
+        layer_filters_kept=filters_kept(mask),
+        layer_filters_total={name: keep.shape[0] for name, keep in mask.items()},
+    )
+    enforcer = MaskEnforcer(params)
+    section.update(_evaluation(run, model, enforcer, mask))  # leaves the model masked and the enforcer set
+
+    finetune = run.train(
+        Stage(FINETUNE_KEY, 1, "ticket", finetune_epochs, density=mask.density()), model, enforcer, optim=finetune_optim
+    )
+    results.append(finetune)
+    kept = mask.num_kept()
+    rounds.append(round_entry(1, kept, total, finetune))
+    final = final_block(finetune, kept, total)
+    if finetune.epochs_trained == 0:  # nothing fine-tuned: the pruned network is what is delivered
+        pruned = section["pruned"]
+        final.update(
+            test_acc=pruned["test_acc"],
+            best_val_test_acc=pruned["test_acc"],
+            final_test_acc=pruned["test_acc"],
+            best_val_acc=pruned["val_acc"],
+        )
+    final["filter_density"] = section["filter_density"]
+    summary = {
+        **header(run, total, complete=True),
+        "final": final,
+        "l1": section,
+        "stages": {r.key: stage_summary(r) for r in results},
+        "rounds": rounds,
+        "cost": cost(results),
+    }
+    run.write_summary(summary)
+    return summary
+
+
+def _load_pretrained(run: RunContext, model: nn.Module) -> tuple[Path, str]:
+    path, kind = resolve_pretrained(run.cfg.method.pretrained)
+    state = read_state_dict(path)
+    check_compatible(state, model, path)
+    unwrap(model).load_state_dict(state)
+    run.tracker.log("message", text=f"l1: pre-trained weights from {path}")
+    return path, kind
+
+
+def _warn_classifier(run: RunContext, model: nn.Module, params: Mapping[str, nn.Parameter]) -> None:
+    layers = list(prunable_parameters(model))
+    if layers and layers[-1] in params:
+        run.tracker.log(
+            "message",
+            text=f"l1: structure=filter also removes output units of the classifier {layers[-1]} "
+            f"(sparsity.exclude_last=true keeps it dense)",
+        )
+
+
+def _mask(run: RunContext, method: L1Config, params: Mapping[str, nn.Parameter]) -> Mask:
+    """The mask: read back when a previous attempt saved it, else computed from the pre-trained weights."""
+    saved = run.saved_mask(MASK_NAME)
+    if saved is not None:
+        return saved
+    sparsity = run.cfg.sparsity
+    mask = l1_mask(params, sparsity.target, structure=method.structure, scope=sparsity.scope)
+    run.save_mask(MASK_NAME, mask)
+    run.tracker.log(
+        "prune",
+        round=1,
+        structure=method.structure,
+        density=mask.density(),
+        kept=mask.num_kept(),
+        total=mask.numel(),
+        filter_density=filter_density(mask),
+        layer_densities=mask.layer_densities(),
+        layer_filters_kept=filters_kept(mask),
+    )
+    return mask
+
+
+def _evaluation(run: RunContext, model: nn.Module, enforcer: MaskEnforcer, mask: Mask) -> dict[str, Any]:
+    """Validation and test accuracy of the pre-trained network and of the pruned one before fine-tuning, computed
+    once and read back on resume. Afterwards ``model`` holds the masked pre-trained weights."""
+    saved = run.load_state_tensors(EVALUATION_NAME)
+    if saved is None:
+        evaluator = Trainer(
+            model, run.data, optim=run.cfg.optim, trainer=dataclasses.replace(run.cfg.trainer, compile=False)
+        )
+        saved = {"pretrained": _accuracies(run, evaluator)}
+        enforcer.set_mask(mask)
+        enforcer.apply_to_weights()
+        saved["pruned"] = _accuracies(run, evaluator)
+        run.save_state_tensors(EVALUATION_NAME, saved)
+        run.tracker.log("l1_evaluation", **saved)
+    else:
+        enforcer.set_mask(mask)
+        enforcer.apply_to_weights()
+    return saved
+
+
+def _accuracies(run: RunContext, evaluator: Trainer) -> dict[str, float | None]:
+    val = evaluator.evaluate("val")
+    test = evaluator.evaluate("test") if run.cfg.trainer.eval_test else None
+    return {"val_acc": val[1] if val else None, "test_acc": test[1] if test else None}
+
+
+def _running_summary(
+    run: RunContext, total: int, rounds: list[dict], results: list[StageResult], section: dict[str, Any]
+) -> dict[str, Any]:
+    summary = {**header(run, total, complete=False), "l1": section, "rounds": list(rounds), "cost": cost(results)}
+    if results:
+        summary["final"] = final_block(results[-1], total, total)
+        summary["stages"] = {r.key: stage_summary(r) for r in results}
+    return summary
