@@ -41,6 +41,7 @@ def test_imp_winning_tickets_on_real_mnist(tmp_path):
                     "experiment=mnist_lenet",
                     f"dataset.root={REAL_MNIST}",
                     "sparsity.target=0.931",
+                    "method.controls=[reinit]",
                     "method.control_rounds=last",
                     f"seed={seed}",
                     "logger.console=none",

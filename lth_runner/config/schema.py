@@ -145,7 +145,9 @@ class EarlyBirdConfig(MethodConfig):
     fixed_fraction: float = option(0.125, gt=0.0, le=1.0)  # fixed_epoch: the ticket is drawn at this fraction of E
     granularity: str = option("weight", choices=("weight", "channel"))
     bn_l1: float = option(1e-4, ge=0.0)  # channel variant: L1 penalty on BatchNorm scales during the search
-    retrain_from: str = option("eb", choices=("eb", "init"))  # the ticket's weights, or the initialisation
+    # init: the original initialisation (a lottery ticket, seed 000's "EB for LTH"); eb: the weights at detection;
+    # reinit: a fresh random initialisation (what the reference code's retraining scripts do)
+    retrain_from: str = option("init", choices=("init", "eb", "reinit"))
     retrain_epochs: int | None = option(None, ge=1)  # null: trainer.epochs
 
 

@@ -16,4 +16,4 @@ METHODS: Registry[Callable[..., dict[str, Any]]] = Registry("method", "method.na
 
 __all__ = ["METHODS"]
 
-from lth_runner.methods import lth, unilth  # noqa: E402,F401
+from lth_runner.methods import dlth, eb, l1, lth, unilth  # noqa: E402,F401

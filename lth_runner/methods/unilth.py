@@ -97,6 +97,12 @@ def unified(run: RunContext, *, dual: bool) -> dict[str, Any]:
     rounds = cfg.sparsity.rounds
     total_epochs = cfg.trainer.epochs
     steps_per_epoch = run.data.num_train_batches()
+    if cfg.sparsity.schedule != "geometric":
+        raise ConfigError(
+            "sparsity.schedule",
+            cfg.sparsity.schedule,
+            f"geometric: {name} prunes r^(gamma/psi) per event (seed 000, Sec. 3.1)",
+        )
     if run.data.size("val") == 0:
         raise ConfigError("dataset.val_size", cfg.dataset.val_size, f"> 0: {name} stops stage 1 on validation loss")
 

@@ -1,0 +1,413 @@
+"""DLTH and DLTH-Iter: random sparse network transformation (RST) of Bai et al., "Dual Lottery Ticket Hypothesis",
+ICLR 2022, used as baselines by seed 000 ("UniLTH/UniDLTH", Sec. 4.1).
+
+DLTH (``method=dlth``), one cycle:
+1. from the random initialisation, draw per layer a uniformly random set U of weights to remove, exactly
+   ``n - kept_count(n, 1 - target)`` of the ``n`` weights of each layer (saved as ``masks/dlth_unimportant.pt``,
+   True = to be removed);
+2. stage ``transform/dense``: train the dense network while an L2 penalty ``alpha * ||w_U||^2`` acts on U only;
+   ``alpha`` grows from 0 to the ceiling over ``grow_epochs`` and is then held there for ``stabilize_epochs``
+   (information is "extruded" from U into the kept weights);
+3. remove U (the mask, the complement of U, is ``masks/round_01.pt``) and fine-tune the sparse network for
+   ``finetune_epochs`` (stage ``finetune/ticket``).
+
+DLTH-Iter (``method=dlth_iter``): ``C = sparsity.rounds`` cycles of the same, each removing ``p_e = 1 - r^(1/C)``
+of the survivors (``r = 1 - target``), so after cycle ``c`` the pruned fraction is ``1 - (1 - p_e)^c`` and after
+``C`` exactly the target (exact per-layer counts from ``round_counts(n, geometric_densities(target, C))``). Each
+cycle draws its new random set among the survivors of every layer (weights pruned earlier stay pruned), then
+``cycleXX/transform`` (penalty on the new set; earlier removals held at zero), removal, ``cycleXX/finetune``.
+``grow_epochs``, ``stabilize_epochs`` and ``finetune_epochs`` are per cycle.
+
+From the paper: random selection of the sparse structure from the random initialisation, the growing L2 penalty on
+the weights to be removed only, one-shot removal followed by fine-tuning. From the reference code (yueb17/DLTH,
+``pruner/reg_pruner.py``, ``reg_pruner_iterative.py``, ``meta_pruner.py``, ``option.py``): selection per layer
+(``pick_pruned=rand``); a linear rise (``reg += reg_granularity_prune`` every ``update_reg_interval`` iterations,
+the ``linear`` law here with ``regularizer.granularity=iteration``); the hold at the ceiling
+(``stabilize_reg_interval``); fine-tuning with a fresh optimizer and learning-rate schedule (``finetune_restart``);
+for RST_Iter, new weights drawn at random among the survivors each cycle (``iter_rand``) and the cumulative rate
+``1 - (1 - p_e)^c``; ordinary weight decay stays in the optimizer (``optim.weight_decay``; the reference uses 1e-4).
+
+Choices (also in docs/methods.md):
+- Ceiling: ``regularizer.ceiling``; null takes 2e-3, seed 000's setting for its DLTH baselines ("weight decay
+  starting from 0, and ceiling bound is 2e-3", Sec. 4.1). The reference code's ``reg_upper_limit`` is 1.0 (with a
+  growth of 1e-4 every 5 iterations, i.e. 50,000 iterations, and 40,000 more at the ceiling): set
+  ``regularizer.ceiling=1.0`` (and long grow/stabilize phases) to reproduce it.
+- The factor 2: the penalty adds ``gradient_scale * alpha * w`` to the gradient of U. The default 2.0 is the
+  derivative of ``alpha * ||w_U||^2`` (seed 000's notation); the reference code adds ``reg * w``, i.e.
+  ``regularizer.gradient_scale=1.0`` (a penalty ``alpha / 2 * ||w_U||^2``). Same ceiling, twice the pull by default.
+- Phase lengths are in epochs: null grow/stabilize take 30% / 20% of ``trainer.epochs`` (rounded half up, grow at
+  least 1) and null finetune the rest, so one cycle spends the usual budget. ``alpha`` is updated every iteration
+  (``regularizer.granularity``); any law of the regularizer group can replace the linear one.
+- The learning-rate schedule (``optim``) spans the transform stage; with ``finetune_restart`` the fine-tune gets a
+  fresh optimizer and schedule (as the reference's ``lr_ft``), otherwise the transform stage's optimizer state and
+  schedule position carry on, one schedule spanning transform + fine-tune. Every DLTH-Iter cycle starts with a
+  fresh optimizer and schedule (the reference builds a new optimizer per cycle); ``finetune_restart`` applies
+  inside each cycle.
+- Selection is random per layer whatever ``sparsity.scope`` says (scope only matters for magnitude rankings);
+  ``sparsity.exclude*`` still keeps layers out. Counts are exact (``kept_count`` rounding); unlike the reference's
+  ``ceil`` it can remove a whole layer only when ``n * (1 - target) < 0.5``.
+- ``finetune_epochs=0``: no fine-tuning; the pruned network is evaluated once (the result is saved and counts no
+  epochs). DLTH-Iter with 0 is the reference's ``RST_Iter_ft=0`` (the next cycle's transform trains on).
+- ``regularizer=none`` is accepted: no penalty, i.e. random pruning after dense training (an ablation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from lth_runner import distributed
+from lth_runner.config.schema import DLTHConfig, RegularizerConfig
+from lth_runner.errors import ConfigError
+from lth_runner.methods import METHODS
+from lth_runner.methods.summary import cost, final_block, header, round_entry, stage_summary
+from lth_runner.session import RunContext
+from lth_runner.sparse import Mask, MaskEnforcer, geometric_densities, remaining_fraction, round_counts
+from lth_runner.training.penalty import GrowingPenalty
+from lth_runner.training.trainer import Stage, StageResult, Trainer
+
+DEFAULT_CEILING = 2e-3  # seed 000, Sec. 4.1, its DLTH/DLTH-Iter baselines
+REFERENCE_CEILING = 1.0  # yueb17/DLTH option.py reg_upper_limit
+
+
+@METHODS.register("dlth", config=DLTHConfig, uses_regularizer=True)
+def dlth(run: RunContext) -> dict[str, Any]:
+    """DLTH: random per-layer set, growing penalty on it, one-shot removal, fine-tuning."""
+    return random_sparse_transformation(run, iterative=False)
+
+
+@METHODS.register("dlth_iter", config=DLTHConfig, uses_regularizer=True)
+def dlth_iter(run: RunContext) -> dict[str, Any]:
+    """DLTH-Iter: ``sparsity.rounds`` cycles of DLTH, each removing ``1 - r^(1/C)`` of the survivors."""
+    return random_sparse_transformation(run, iterative=True)
+
+
+# ------------------------------------------------------------------------------------------------ settings
+@dataclasses.dataclass(frozen=True)
+class PhaseEpochs:
+    """Epochs of one cycle: penalty rising, penalty held, fine-tuning after the removal."""
+
+    grow: int
+    stabilize: int
+    finetune: int
+
+    @property
+    def transform(self) -> int:
+        return self.grow + self.stabilize
+
+
+def _half_up(value: float) -> int:
+    return math.floor(round(value, 9) + 0.5)  # 0.3 * E without floating-point residue at the .5 edges
+
+
+def resolve_epochs(method: DLTHConfig, trainer_epochs: int) -> PhaseEpochs:
+    """Null phases: grow 30% and stabilize 20% of ``trainer_epochs`` (half up, grow >= 1), fine-tune the rest."""
+    grow = method.grow_epochs if method.grow_epochs is not None else max(1, _half_up(0.3 * trainer_epochs))
+    stabilize = method.stabilize_epochs if method.stabilize_epochs is not None else _half_up(0.2 * trainer_epochs)
+    finetune = method.finetune_epochs
+    if finetune is None:
+        finetune = trainer_epochs - grow - stabilize
+        if finetune < 0:
+            raise ConfigError(
+                "method.finetune_epochs",
+                None,
+                f"an explicit number of epochs (grow_epochs + stabilize_epochs = {grow + stabilize} exceed "
+                f"trainer.epochs={trainer_epochs})",
+            )
+    return PhaseEpochs(grow, stabilize, finetune)
+
+
+def penalty_ceiling(reg: RegularizerConfig) -> float:
+    """``regularizer.ceiling``, or seed 000's 2e-3 when it is null."""
+    return DEFAULT_CEILING if reg.ceiling is None else reg.ceiling
+
+
+def transform_penalty(
+    reg: RegularizerConfig,
+    params: dict[str, nn.Parameter],
+    unimportant: Mask,
+    *,
+    grow_epochs: int,
+    steps_per_epoch: int,
+    start_step: int = 0,
+) -> GrowingPenalty:
+    """The penalty of a transform stage: on ``unimportant`` only, rising along the law over ``grow_epochs`` from
+    ``start_step``, then held at the ceiling."""
+    return GrowingPenalty(
+        params,
+        law=reg.name,
+        ceiling=penalty_ceiling(reg),
+        epochs=grow_epochs,
+        start_step=start_step,
+        steps_per_epoch=steps_per_epoch,
+        selection=unimportant,
+        granularity=reg.granularity,
+        gradient_scale=reg.gradient_scale,
+    )
+
+
+def draw_unimportant(run: RunContext, alive: Mask, kept: dict[str, int], cycle: int) -> Mask:
+    """Per layer, a uniformly random set of ``alive[name].sum() - kept[name]`` survivors (True = to be removed).
+
+    Each layer draws from its own generator (run seed, ``"dlth"``, cycle, layer name), so the draw of a layer does
+    not depend on which other layers are prunable."""
+    chosen = {}
+    for name, keep in alive.items():
+        survivors = torch.nonzero(keep.detach().reshape(-1).cpu()).flatten()
+        count = survivors.numel() - kept[name]
+        if not 0 <= count <= survivors.numel():
+            raise ValueError(f"cannot keep {kept[name]} of the {survivors.numel()} survivors of {name}")
+        order = torch.randperm(survivors.numel(), generator=run.generator("dlth", cycle, name))
+        flat = torch.zeros(keep.numel(), dtype=torch.bool)
+        flat[survivors[order[:count]]] = True
+        chosen[name] = flat.view(keep.shape).to(keep.device)
+    return Mask(chosen)
+
+
+def remove(alive: Mask, unimportant: Mask) -> Mask:
+    """The mask after removing ``unimportant`` from ``alive``."""
+    return Mask({name: keep & ~unimportant[name].to(keep.device) for name, keep in alive.items()})
+
+
+class SaveOptimizerAtEnd:
+    """Hook: save the optimizer state when the stage reaches its last epoch (a fine-tune that continues it)."""
+
+    def __init__(self, run: RunContext, name: str) -> None:
+        self.run, self.name = run, name
+
+    def on_epoch_end(self, trainer: Any, record: dict[str, Any]) -> None:
+        if trainer.epoch >= trainer.stage.epochs:
+            self.run.save_state_tensors(self.name, trainer.optimizer.state_dict())
+
+
+# ------------------------------------------------------------------------------------------------ the method
+@dataclasses.dataclass(frozen=True)
+class _Names:
+    transform: str
+    finetune: str
+    unimportant: str
+    mask: str
+    transform_round: int
+    round: int
+
+
+def _names(iterative: bool, cycle: int) -> _Names:
+    if not iterative:
+        return _Names("transform/dense", "finetune/ticket", "dlth_unimportant", "round_01", 0, 1)
+    # The transform of cycle c trains the network of round c - 1 (its density); the fine-tune that of round c.
+    return _Names(
+        f"cycle{cycle:02d}/transform",
+        f"cycle{cycle:02d}/finetune",
+        f"dlth_unimportant_{cycle:02d}",
+        f"round_{cycle:02d}",
+        cycle - 1,
+        cycle,
+    )
+
+
+def random_sparse_transformation(run: RunContext, *, iterative: bool) -> dict[str, Any]:
+    cfg, method = run.cfg, run.cfg.method
+    assert isinstance(method, DLTHConfig)
+    reg, sparsity = cfg.regularizer, cfg.sparsity
+    if iterative and sparsity.schedule != "geometric":
+        raise ConfigError(
+            "sparsity.schedule", sparsity.schedule, "geometric with method=dlth_iter (p_e = 1 - r^(1/rounds))"
+        )
+    epochs = resolve_epochs(method, cfg.trainer.epochs)
+    cycles = sparsity.rounds if iterative else 1
+    densities = geometric_densities(sparsity.target, cycles)
+    ceiling = penalty_ceiling(reg)
+    steps_per_epoch = run.data.num_train_batches()
+
+    model = run.new_model("init")
+    params = run.prunable(model)
+    total = sum(p.numel() for p in params.values())
+    layer_counts = {name: round_counts(p.numel(), densities) for name, p in params.items()}
+    alive = Mask.ones_like(params)
+    enforcer = MaskEnforcer(params, alive)
+    run.tracker.log(
+        "run_start",
+        method=method.name,
+        model=cfg.model.name,
+        data=run.data.describe(),
+        output_dir=str(run.output_dir),
+        resumed=run.resumed,
+        prunable_weights=total,
+        densities=densities,
+        regularizer=reg.name,
+        ceiling=ceiling,
+    )
+    run.tracker.log(
+        "message",
+        text=f"{method.name}: {cycles} cycle(s) of {reg.name} penalty to {ceiling:g} on a random set "
+        f"({epochs.grow} epochs rising, {epochs.stabilize} held), removal, {epochs.finetune} fine-tune epochs",
+    )
+
+    section: dict[str, Any] = {
+        "ceiling": ceiling,
+        "ceiling_source": "regularizer.ceiling" if reg.ceiling is not None else "default (seed 000: 2e-3)",
+        "law": reg.name,
+        "granularity": reg.granularity,
+        "gradient_scale": reg.gradient_scale,
+        "grow_epochs": epochs.grow,
+        "stabilize_epochs": epochs.stabilize,
+        "finetune_epochs": epochs.finetune,
+        "finetune_restart": method.finetune_restart,
+        "selection": "uniformly random per layer",
+        "cycles": cycles,
+        "per_cycle_rate": 1.0 - remaining_fraction(sparsity.target) ** (1.0 / cycles),
+        "per_cycle": [],
+    }
+    results: list[StageResult] = []
+    rounds: list[dict[str, Any]] = []
+    # Weights of the last finished stage stay on disk until the next stage has finished (a stage resumed before its
+    # first checkpoint starts from them).
+    previous_key: str | None = None
+    last: StageResult | None = None
+    continue_schedule = not method.finetune_restart and epochs.finetune > 0
+
+    for cycle in range(1, cycles + 1):
+        names = _names(iterative, cycle)
+        kept = {name: counts[cycle - 1] for name, counts in layer_counts.items()}
+        unimportant = run.saved_mask(names.unimportant)
+        if unimportant is None:
+            unimportant = draw_unimportant(run, alive, kept, cycle)
+            run.save_mask(names.unimportant, unimportant)
+
+        # ------------------------------------------------------------ transform: growing penalty on the set
+        schedule = epochs.transform + epochs.finetune if continue_schedule else epochs.transform
+        penalty = transform_penalty(reg, params, unimportant, grow_epochs=epochs.grow, steps_per_epoch=steps_per_epoch)
+        optimizer_name = f"{names.transform.replace('/', '_')}.optimizer"
+        hooks: list[Any] = [penalty] + ([SaveOptimizerAtEnd(run, optimizer_name)] if continue_schedule else [])
+        enforcer.set_mask(alive)
+        transform = run.train(
+            Stage(
+                names.transform,
+                names.transform_round,
+                "transform",
+                epochs.transform,
+                schedule_epochs=schedule,
+                density=alive.density(),
+            ),
+            model,
+            enforcer,
+            hooks,
+            keep_weights=True,
+        )
+        results.append(transform)
+        if previous_key is not None:
+            run.release_weights(previous_key)
+        previous_key = transform.key
+        if cycle == 1:
+            rounds.append(round_entry(0, total, total, transform))
+        run.write_summary(_summary(run, total, rounds, results, section, last, complete=False))
+
+        # ------------------------------------------------------------ removal
+        mask = run.saved_mask(names.mask)
+        if mask is None:
+            mask = remove(alive, unimportant)
+            run.save_mask(names.mask, mask)
+            run.tracker.log(
+                "prune",
+                round=names.round,
+                density=mask.density(),
+                kept=mask.num_kept(),
+                total=total,
+                layer_densities=mask.layer_densities(),
+                removed=alive.num_kept() - mask.num_kept(),
+            )
+        enforcer.set_mask(mask)
+        alive = mask
+
+        # ------------------------------------------------------------ fine-tuning
+        final_cycle = cycle == cycles
+        if epochs.finetune > 0:
+            if continue_schedule:
+                stage = Stage(
+                    names.finetune,
+                    names.round,
+                    "finetune",
+                    epochs.transform + epochs.finetune,
+                    start_step=epochs.transform * steps_per_epoch,
+                    schedule_epochs=schedule,
+                    density=mask.density(),
+                )
+                optimizer_state = run.load_state_tensors(optimizer_name)
+            else:
+                stage = Stage(names.finetune, names.round, "finetune", epochs.finetune, density=mask.density())
+                optimizer_state = None
+            last = run.train(stage, model, enforcer, keep_weights=not final_cycle, optimizer_state=optimizer_state)
+            results.append(last)
+            run.release_weights(previous_key)
+            previous_key = last.key
+            if continue_schedule and distributed.is_main():
+                (run.output_dir / "checkpoints" / f"{optimizer_name}.pt").unlink(missing_ok=True)
+        else:
+            last = evaluate_pruned(run, model, enforcer, names.finetune, names.round)
+        rounds.append(round_entry(names.round, mask.num_kept(), total, last))
+        section["per_cycle"].append(
+            {
+                "cycle": cycle,
+                "kept": mask.num_kept(),
+                "density": mask.density(),
+                "pruned_fraction": 1.0 - mask.density(),
+                "removed": int(sum(int(u.sum()) for _, u in unimportant.items())),
+                "transform": stage_summary(transform),
+                "after_removal": stage_summary(last),  # the fine-tune, or the one evaluation without it
+            }
+        )
+        run.write_summary(_summary(run, total, rounds, results, section, last, complete=final_cycle))
+    assert last is not None
+    return _summary(run, total, rounds, results, section, last, complete=True)
+
+
+def evaluate_pruned(
+    run: RunContext, model: nn.Module, enforcer: MaskEnforcer, key: str, round_index: int
+) -> StageResult:
+    """Validation and test accuracy of the just-pruned network, without training (``finetune_epochs=0``).
+
+    Computed once and saved (``checkpoints/KEY.evaluation.pt``): the weights it was measured on may be released
+    later."""
+    name = f"{key.replace('/', '_')}.evaluation"
+    saved = run.load_state_tensors(name)
+    if saved is not None:
+        return StageResult.from_dict(saved)
+    assert enforcer.mask is not None
+    enforcer.apply_to_weights()
+    trainer = Trainer(model, run.data, optim=run.cfg.optim, trainer=run.cfg.trainer, seed=run.cfg.seed)
+    val = trainer.evaluate("val")
+    test = trainer.evaluate("test") if run.cfg.trainer.eval_test else None
+    result = StageResult(key, round_index, "evaluate", enforcer.mask.density())
+    if val is not None:
+        result.best_epoch = 0
+        result.best_val_loss, result.best_val_acc = val
+        result.final_val_loss, result.final_val_acc = val
+    if test is not None:
+        result.final_test_loss, result.final_test_acc = test
+        result.best_val_test_acc = test[1] if val is not None else None
+    run.save_state_tensors(name, result.to_dict())
+    run.tracker.log("evaluation", **result.to_dict())
+    return result
+
+
+def _summary(
+    run: RunContext,
+    total: int,
+    rounds: list[dict[str, Any]],
+    results: list[StageResult],
+    section: dict[str, Any],
+    last: StageResult | None,
+    *,
+    complete: bool,
+) -> dict[str, Any]:
+    summary: dict[str, Any] = {**header(run, total, complete=complete), "rounds": rounds}
+    if last is not None:
+        final = rounds[-1]
+        summary["final"] = {"round": final["round"], **final_block(last, final["kept"], total)}
+    summary["dlth"] = section
+    summary["cost"] = cost(results)
+    return summary
