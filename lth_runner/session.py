@@ -42,6 +42,7 @@ from lth_runner.sparse.prunable import from_sparsity_config, unwrap
 from lth_runner.tracking import ConsoleReporter, Tracker
 from lth_runner.tracking.tracker import JsonlSink
 from lth_runner.training.trainer import Stage, StageResult, Trainer, hooks_with
+from lth_runner.utils.dicts import flatten
 from lth_runner.utils.io import read_jsonl, save_torch_atomic, write_json_atomic, write_text_atomic
 from lth_runner.utils.seeding import derive_seed
 
@@ -116,6 +117,20 @@ class RunContext:
                 "sparsity excludes every prunable layer: relax sparsity.exclude / exclude_first / exclude_last"
             )
         return params
+
+    def log_start(self, prunable_weights: int, **fields: Any) -> None:
+        """The ``run_start`` event: what runs, on what, where (plus method-specific ``fields``)."""
+        cfg = self.cfg
+        self.tracker.log(
+            "run_start",
+            method=cfg.method.name,
+            model=cfg.model.name,
+            data=self.data.describe(),
+            output_dir=str(self.output_dir),
+            resumed=self.resumed,
+            prunable_weights=prunable_weights,
+            **fields,
+        )
 
     def generator(self, *labels: object) -> torch.Generator:
         return torch.Generator().manual_seed(derive_seed(self.cfg.seed, *labels))
@@ -232,17 +247,8 @@ class RunContext:
 
 
 def resume_fingerprint(cfg: RunConfig) -> dict[str, Any]:
-    flat = _flatten(dataclasses.asdict(cfg))
+    flat = flatten(dataclasses.asdict(cfg))
     return {k: v for k, v in flat.items() if not any(k == n or k.startswith(n + ".") for n in _RESUME_NEUTRAL)}
-
-
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: data}
 
 
 def config_yaml(cfg: RunConfig) -> str:

@@ -229,14 +229,8 @@ def random_sparse_transformation(run: RunContext, *, iterative: bool) -> dict[st
     layer_counts = {name: round_counts(p.numel(), densities) for name, p in params.items()}
     alive = Mask.ones_like(params)
     enforcer = MaskEnforcer(params, alive)
-    run.tracker.log(
-        "run_start",
-        method=method.name,
-        model=cfg.model.name,
-        data=run.data.describe(),
-        output_dir=str(run.output_dir),
-        resumed=run.resumed,
-        prunable_weights=total,
+    run.log_start(
+        total,
         densities=densities,
         regularizer=reg.name,
         ceiling=ceiling,

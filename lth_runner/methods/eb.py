@@ -361,14 +361,8 @@ def early_bird(run: RunContext) -> dict[str, Any]:
             )
         channels = ChannelPruning(model, params, groups)
     stop_epoch = fixed_detection_epoch(method.fixed_fraction, epochs) if method.detect == "fixed_epoch" else None
-    run.tracker.log(
-        "run_start",
-        method=method.name,
-        model=cfg.model.name,
-        data=run.data.describe(),
-        output_dir=str(run.output_dir),
-        resumed=run.resumed,
-        prunable_weights=total,
+    run.log_start(
+        total,
         densities=[density],
         granularity=method.granularity,
         channels=channels.total_channels if channels else None,

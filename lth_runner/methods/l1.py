@@ -170,14 +170,8 @@ def l1(run: RunContext) -> dict[str, Any]:
     model = run.new_model("init")  # the labels LTH uses, so an in-run pre-training equals LTH's round 0
     params = run.prunable(model)
     total = sum(p.numel() for p in params.values())
-    run.tracker.log(
-        "run_start",
-        method=method.name,
-        model=cfg.model.name,
-        data=run.data.describe(),
-        output_dir=str(run.output_dir),
-        resumed=run.resumed,
-        prunable_weights=total,
+    run.log_start(
+        total,
         densities=[remaining_fraction(cfg.sparsity.target)],
     )
     loaded = _load_pretrained(run, model) if method.pretrained is not None else None

@@ -93,14 +93,8 @@ def iterative_magnitude_pruning(run: RunContext, *, one_shot: bool) -> dict[str,
     enforcer = MaskEnforcer(params)
     mask = Mask.ones_like(params)
     enforcer.set_mask(mask)
-    run.tracker.log(
-        "run_start",
-        method=method.name,
-        model=cfg.model.name,
-        data=run.data.describe(),
-        output_dir=str(run.output_dir),
-        resumed=run.resumed,
-        prunable_weights=total,
+    run.log_start(
+        total,
         densities=densities,
     )
 

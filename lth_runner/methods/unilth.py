@@ -16,6 +16,9 @@ survivors, Sec. 3.1); the last one lands exactly on the target count.
   the last event empties U (line 15).
 
 Choices where the paper leaves room (all options; also in docs/methods.md):
+- The last event happens at the last iteration (line 12 with gamma = psi) and training stops (line 15): the network
+  is not trained at its final density. That is cheap in the paper's 200-epoch regime, where the penalty has nearly
+  zeroed what the last event removes, and costly in short runs; ``finetune_epochs`` adds training after it.
 - ``reset_after_prune=false`` (default) follows Algorithm 1: stage 2 is one continuous run, the penalty grows over
   its E epochs, and the network delivered is the one after the last event (plus ``finetune_epochs``, default 0).
   ``true`` follows Sec. 3.3's "repeatedly train, prune, and reset". Round gamma prunes the weights trained in round
@@ -110,14 +113,8 @@ def unified(run: RunContext, *, dual: bool) -> dict[str, Any]:
     params = run.prunable(model)
     total = sum(p.numel() for p in params.values())
     enforcer = MaskEnforcer(params, Mask.ones_like(params))
-    run.tracker.log(
-        "run_start",
-        method=name,
-        model=cfg.model.name,
-        data=run.data.describe(),
-        output_dir=str(run.output_dir),
-        resumed=run.resumed,
-        prunable_weights=total,
+    run.log_start(
+        total,
         regularizer=reg.name,
         ceiling=ceiling,
     )

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lth_runner.errors import UserError
+from lth_runner.utils.dicts import flatten
 from lth_runner.utils.io import read_jsonl
 
 # Settings that do not change what a run computes (as in lth_runner.session._RESUME_NEUTRAL), plus the fields that
@@ -148,7 +149,7 @@ def load_run(run_dir: Path, root: Path | None = None) -> RunRecord:
     if not isinstance(summary, dict):
         raise ReportError(f"unreadable summary {summary_path}: expected a JSON object, found {type(summary).__name__}")
     config = _read_config(run_dir / "config.yaml")
-    cfg = _flatten(config)
+    cfg = flatten(config)
     target = summary.get("target_sparsity", cfg.get("sparsity.target"))
     seed = summary.get("seed", cfg.get("seed"))
     rel = run_dir.relative_to(root).as_posix() if root is not None else run_dir.as_posix()
@@ -191,7 +192,7 @@ def label_variants(runs: list[RunRecord]) -> None:
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    flat = _flatten(config)
+    flat = flatten(config)
     return {k: v for k, v in flat.items() if not any(k == n or k.startswith(n + ".") for n in NEUTRAL_KEYS)}
 
 
@@ -205,15 +206,6 @@ def _read_config(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise ReportError(f"unreadable config {path}: {_one_line(err)}") from None
     return data if isinstance(data, dict) else {}
-
-
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: data} if prefix else {}
 
 
 def _show(value: Any) -> str:
