@@ -76,6 +76,10 @@ class RunContext:
         configure_torch(cfg)
         self.console = console or ConsoleReporter(cfg.logger.console)
         self.tracker = Tracker([JsonlSink(self.output_dir / "metrics.jsonl"), self.console])
+        if distributed.is_main() and wandb_enabled(cfg.logger.wandb):
+            from lth_runner.tracking.wandb_sink import WandbSink
+
+            self.tracker.sinks.append(WandbSink.create(self))
         self._data: DataBundle | None = None
         if distributed.is_main():
             write_text_atomic(self.output_dir / "config.yaml", config_yaml(cfg))
@@ -222,8 +226,9 @@ class RunContext:
         if distributed.is_main():
             write_json_atomic(self.output_dir / "summary.json", summary)
 
-    def close(self) -> None:
-        self.tracker.close()
+    def close(self, failed: bool = False) -> None:
+        """Close every sink (W&B runs are finished, with a failure exit code when the run raised)."""
+        self.tracker.close(failed=failed)
 
     # ----------------------------------------------------------------------------------------- internals
     def _save_state(self) -> None:
@@ -290,9 +295,16 @@ def run_experiment(cfg: RunConfig, output_dir: str | Path) -> dict[str, Any]:
         summary = method(run)
         if distributed.is_main():
             report_end(run, summary)
-    finally:
-        run.close()
+    except BaseException:
+        run.close(failed=True)
+        raise
+    run.close()
     return summary
+
+
+def wandb_enabled(cfg: Any) -> bool:
+    mode = os.environ.get("WANDB_MODE", "") if cfg.mode == "auto" else cfg.mode
+    return mode != "disabled"
 
 
 def report_end(run: RunContext, summary: dict[str, Any]) -> None:

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# Tests never start Weights & Biases unless a test asks for it (inherited by every subprocess).
+os.environ["WANDB_MODE"] = "disabled"
 REAL_MNIST = REPO / "tests" / "data" / "mnist"
 
 

@@ -233,9 +233,22 @@ class TrainerConfig:
 
 # -------------------------------------------------------------------------------------------------- logger
 @dataclass
+class WandbConfig:
+    """Weights & Biases. ``auto``: ``$WANDB_MODE`` if set, else online with credentials and offline without;
+    never prompts. Runs are written under the run's output directory."""
+
+    mode: str = option("auto", choices=("auto", "online", "offline", "disabled"))
+    project: str = "lth-runner"
+    entity: str | None = None
+    group: str | None = None  # null: the sweep directory's name for multirun jobs, none for single runs
+    tags: list[str] = field(default_factory=list)  # added to method/model/dataset/sparsity/seed tags
+
+
+@dataclass
 class LoggerConfig:
     console: str = option("auto", choices=("auto", "rich", "plain", "none"))
     plots: bool = True  # accuracy-vs-density plot at the end of a run
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 @dataclass

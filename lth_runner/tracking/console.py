@@ -28,7 +28,7 @@ class ConsoleReporter:
         if handler is not None and self.mode != "none":
             handler(record)
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         self._stop_progress()
 
     # ---------------------------------------------------------------- events

@@ -12,7 +12,7 @@ from lth_runner.utils.io import append_jsonl
 
 class Sink(Protocol):
     def log(self, record: dict[str, Any]) -> None: ...
-    def close(self) -> None: ...
+    def close(self, failed: bool = False) -> None: ...
 
 
 class JsonlSink:
@@ -25,7 +25,7 @@ class JsonlSink:
     def log(self, record: dict[str, Any]) -> None:
         append_jsonl(self.path, record)
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         pass
 
 
@@ -43,6 +43,6 @@ class Tracker:
                 sink.log(record)
         return record
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         for sink in self.sinks:
-            sink.close()
+            sink.close(failed=failed)
