@@ -31,7 +31,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from lth_runner import distributed
+from lth_runner import distributed, preemption
 from lth_runner.config.schema import OptimConfig, RunConfig
 from lth_runner.data import DataBundle, build_data
 from lth_runner.errors import UserError
@@ -73,7 +73,10 @@ class RunContext:
         self.resumed = bool(self.state["completed"]) or (self.checkpoint_path).exists()
         self._check_resume_config()
         self.device = select_device(cfg.trainer.device)
+        distributed.setup(self.device.type)
+        check_distributed(cfg, self.device)
         configure_torch(cfg)
+        self._ddp: dict[int, nn.Module] = {}
         self.console = console or ConsoleReporter(cfg.logger.console)
         self.tracker = Tracker([JsonlSink(self.output_dir / "metrics.jsonl"), self.console])
         if distributed.is_main() and wandb_enabled(cfg.logger.wandb):
@@ -161,6 +164,7 @@ class RunContext:
         for this stage (e.g. a smaller fine-tuning learning rate)."""
         done = self.completed(stage.key)
         if done is not None:
+            distributed.barrier()  # rank 0 may still be writing what the others read next
             weights = self.weights_path(stage.key)
             if weights.exists():
                 unwrap(model).load_state_dict(torch.load(weights, map_location=self.device, weights_only=True))
@@ -173,6 +177,7 @@ class RunContext:
             seed=self.cfg.seed,
             tracker=self.tracker,
             checkpoint_path=self.checkpoint_path,
+            forward=self.forward_module(model),
         )
         result = trainer.fit(
             stage, hooks_with(enforcer, hooks), keep_best_state=keep_best_state, optimizer_state=optimizer_state
@@ -184,7 +189,17 @@ class RunContext:
                 save_torch_atomic(self.weights_path(stage.key, "best"), trainer.best_state)
         self.state["completed"][stage.key] = result.to_dict()
         self._save_state()
+        distributed.barrier()  # files written by rank 0 are visible to every rank before anyone reads them
         return result
+
+    def forward_module(self, model: nn.Module) -> nn.Module:
+        """``model`` itself, or (several processes) its DistributedDataParallel wrapper, made once per model."""
+        if distributed.world_size() == 1:
+            return model
+        if id(model) not in self._ddp:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self._ddp[id(model)] = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        return self._ddp[id(model)]
 
     def weights_path(self, key: str, which: str = "final") -> Path:
         return self.output_dir / "checkpoints" / f"{key.replace('/', '_')}.{which}.pt"
@@ -210,13 +225,19 @@ class RunContext:
         path = self.mask_path(name)
         return Mask.load(path, device=self.device) if path.exists() else None
 
-    def save_mask(self, name: str, mask: Mask) -> None:
+    def save_mask(self, name: str, mask: Mask) -> Mask:
+        """Agree on ``mask`` (rank 0's is broadcast: random selections included), save it, return the agreed one."""
+        mask = mask.broadcast()
         if distributed.is_main():
             mask.save(self.mask_path(name))
+        distributed.barrier()
+        return mask
 
     def save_state_tensors(self, name: str, payload: Any) -> None:
+        """Written by rank 0 (call it on every rank: it synchronises them)."""
         if distributed.is_main():
             save_torch_atomic(self.output_dir / "checkpoints" / f"{name}.pt", payload)
+        distributed.barrier()
 
     def load_state_tensors(self, name: str) -> Any:
         path = self.output_dir / "checkpoints" / f"{name}.pt"
@@ -256,6 +277,23 @@ def resume_fingerprint(cfg: RunConfig) -> dict[str, Any]:
     return {k: v for k, v in flat.items() if not any(k == n or k.startswith(n + ".") for n in _RESUME_NEUTRAL)}
 
 
+def check_distributed(cfg: RunConfig, device: torch.device) -> None:
+    """Distributed misconfigurations end the run at start, in one line."""
+    world = distributed.world_size()
+    if world == 1:
+        return
+    if cfg.trainer.batch_size % world:
+        raise UserError(
+            f"trainer.batch_size={cfg.trainer.batch_size} is not accepted: expected a multiple of the "
+            f"{world} processes (the batch size is global, split evenly across ranks)"
+        )
+    if device.type == "cuda" and torch.cuda.device_count() < int(os.environ.get("LOCAL_WORLD_SIZE", "1")):
+        raise UserError(
+            f"{os.environ.get('LOCAL_WORLD_SIZE')} processes on this node but "
+            f"{torch.cuda.device_count()} GPU(s): start one process per GPU (or use trainer.device=cpu)"
+        )
+
+
 def config_yaml(cfg: RunConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(dataclasses.asdict(cfg)))
 
@@ -292,7 +330,8 @@ def run_experiment(cfg: RunConfig, output_dir: str | Path) -> dict[str, Any]:
     method = METHODS.get(cfg.method.name)
     run = RunContext(cfg, output_dir)
     try:
-        summary = method(run)
+        with preemption.guard():
+            summary = method(run)
         if distributed.is_main():
             report_end(run, summary)
     except BaseException:

@@ -1,6 +1,10 @@
-"""A test plugin (``plugins=[tests.fault_injection]``) that SIGKILLs the run at an exact point, like a preemption
-without warning: ``LTH_KILL_AT=<stage key>:<optimizer step>``. Production code is untouched; the plugin wraps
-``Trainer.fit`` to add one hook."""
+"""A test plugin (``plugins=[tests.fault_injection]``) that interrupts a run at an exact point. Production code is
+untouched; the plugin wraps ``Trainer.fit`` to add one hook.
+
+- ``LTH_KILL_AT=<stage key>:<optimizer step>``: SIGKILL, like a preemption without warning.
+- ``LTH_SIGNAL_AT=<stage key>:<optimizer step>:<SIGNAL NAME>``: send that signal (e.g. ``SIGUSR2``, the warning
+  SLURM sends before a time limit or a preemption) and keep training, as a real job would until it notices.
+"""
 
 from __future__ import annotations
 
@@ -9,19 +13,29 @@ import signal
 
 from lth_runner.training.trainer import Trainer
 
-_KEY, _, _STEP = os.environ.get("LTH_KILL_AT", "").partition(":")
+
+def _point(variable: str) -> tuple[str, int, str] | None:
+    value = os.environ.get(variable)
+    if not value:
+        return None
+    key, step, *name = value.split(":")
+    return key, int(step), (name[0] if name else "SIGKILL")
 
 
-class _KillAt:
+_POINTS = [p for p in (_point("LTH_KILL_AT"), _point("LTH_SIGNAL_AT")) if p is not None]
+
+
+class _Interrupt:
     def after_step(self, trainer: Trainer) -> None:
-        if trainer.stage.key == _KEY and trainer.step == int(_STEP):
-            os.kill(os.getpid(), signal.SIGKILL)
+        for key, step, name in _POINTS:
+            if trainer.stage.key == key and trainer.step == step:
+                os.kill(os.getpid(), getattr(signal, name))
 
 
-if _KEY:
+if _POINTS:
     _fit = Trainer.fit
 
     def fit(self: Trainer, stage, hooks=(), **kwargs):
-        return _fit(self, stage, [*hooks, _KillAt()], **kwargs)
+        return _fit(self, stage, [*hooks, _Interrupt()], **kwargs)
 
     Trainer.fit = fit

@@ -270,7 +270,7 @@ def random_sparse_transformation(run: RunContext, *, iterative: bool) -> dict[st
         unimportant = run.saved_mask(names.unimportant)
         if unimportant is None:
             unimportant = draw_unimportant(run, alive, kept, cycle)
-            run.save_mask(names.unimportant, unimportant)
+            unimportant = run.save_mask(names.unimportant, unimportant)
 
         # ------------------------------------------------------------ transform: growing penalty on the set
         schedule = epochs.transform + epochs.finetune if continue_schedule else epochs.transform
@@ -304,7 +304,7 @@ def random_sparse_transformation(run: RunContext, *, iterative: bool) -> dict[st
         mask = run.saved_mask(names.mask)
         if mask is None:
             mask = remove(alive, unimportant)
-            run.save_mask(names.mask, mask)
+            mask = run.save_mask(names.mask, mask)
             run.tracker.log(
                 "prune",
                 round=names.round,

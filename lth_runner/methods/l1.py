@@ -260,7 +260,7 @@ def _mask(run: RunContext, method: L1Config, params: Mapping[str, nn.Parameter])
         return saved
     sparsity = run.cfg.sparsity
     mask = l1_mask(params, sparsity.target, structure=method.structure, scope=sparsity.scope)
-    run.save_mask(MASK_NAME, mask)
+    mask = run.save_mask(MASK_NAME, mask)
     run.tracker.log(
         "prune",
         round=1,

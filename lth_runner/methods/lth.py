@@ -180,7 +180,7 @@ def _round_mask(
         ranked, ScoreContext(seed=derive_seed(run.cfg.seed, "criterion", round_index))
     )
     mask = prune_to_density(scores, density, scope=run.cfg.sparsity.scope, alive=alive)
-    run.save_mask(name, mask)
+    mask = run.save_mask(name, mask)
     run.tracker.log(
         "prune",
         round=round_index,
@@ -214,7 +214,7 @@ def _run_controls(
             control_mask = run.saved_mask(f"round_{round_index:02d}_random")
             if control_mask is None:
                 control_mask = Mask.random_like(mask, generator=run.generator("random_prune", round_index))
-                run.save_mask(f"round_{round_index:02d}_random", control_mask)
+                control_mask = run.save_mask(f"round_{round_index:02d}_random", control_mask)
             unwrap(model).load_state_dict(rewind_state)
             start = rewind_step
         enforcer.set_mask(control_mask)

@@ -292,7 +292,7 @@ def _unimportant_set(run: RunContext, params: dict[str, torch.nn.Parameter]) -> 
         device=next(iter(params.values())).device,
     )
     unimportant = Mask({n: ~keep[n] for n in keep})
-    run.save_mask("unimportant", unimportant)
+    unimportant = run.save_mask("unimportant", unimportant)
     return unimportant
 
 

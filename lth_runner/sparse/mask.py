@@ -76,6 +76,16 @@ class Mask:
     def items(self) -> Iterator[tuple[str, torch.Tensor]]:
         return iter(self._masks.items())
 
+    def broadcast(self, src: int = 0) -> Mask:
+        """Rank ``src``'s mask on every rank of a distributed run (itself in a single process): masks are decided
+        once, random selections included, and every rank enforces the same one."""
+        from lth_runner import distributed
+
+        if distributed.world_size() == 1:
+            return self
+        names = self.names()
+        return Mask(dict(zip(names, distributed.broadcast_bool_tensors([self[n] for n in names], src=src))))
+
     def to(self, device: torch.device | str) -> Mask:
         return Mask({name: m.to(device) for name, m in self._masks.items()})
 

@@ -60,7 +60,7 @@ class PruneSchedule:
     def after_step(self, trainer: Any) -> None:
         while self.done < len(self.events) and self.events[self.done].step <= trainer.step:
             event = self.events[self.done]
-            mask = self.select(trainer, self.mask, event)
+            mask = self.select(trainer, self.mask, event).broadcast()
             if mask.num_kept() != event.kept:
                 raise RuntimeError(f"pruning event {event.index} kept {mask.num_kept()} weights, not {event.kept}")
             self.enforcer.set_mask(mask)

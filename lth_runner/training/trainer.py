@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lth_runner import distributed
+from lth_runner import distributed, preemption
 from lth_runner.config.schema import OptimConfig, TrainerConfig
 from lth_runner.data.base import DataBundle
 from lth_runner.errors import UserError
@@ -123,7 +123,10 @@ class Trainer:
         seed: int = 0,
         tracker: Any = None,
         checkpoint_path: str | Path | None = None,
+        forward: nn.Module | None = None,
     ) -> None:
+        """``forward`` is the module training batches go through (a DistributedDataParallel wrapper of ``model``
+        when several processes train together); evaluation always uses ``model`` itself."""
         self.model = model
         self.data = data
         self.optim_cfg = optim
@@ -132,7 +135,10 @@ class Trainer:
         self.tracker = tracker
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         self.device = next(model.parameters()).device
-        self.forward = torch.compile(model) if trainer.compile else model
+        self.forward = forward or model
+        self.eval_forward = model
+        if trainer.compile:
+            self.forward, self.eval_forward = torch.compile(self.forward), torch.compile(model)
         self.optimizer: torch.optim.Optimizer | None = None
         self.stage: Stage | None = None
         self.step = 0
@@ -140,6 +146,9 @@ class Trainer:
         self.steps_per_epoch = data.num_train_batches()
         self.lr = optim.lr
         self._best_state: dict[str, torch.Tensor] | None = None
+        self._partial_totals: torch.Tensor | None = None
+        self._result: StageResult | None = None
+        self._keep_best_state = False
 
     # ------------------------------------------------------------------------------------------ public
     def fit(
@@ -161,6 +170,7 @@ class Trainer:
         self.step = stage.start_step
         result = StageResult(stage.key, stage.round, stage.phase, stage.density)
         self._best_state = None
+        self._result, self._keep_best_state = result, keep_best_state
         resumed = self._load_checkpoint(result)
         if not resumed:
             if optimizer_state is not None:
@@ -186,7 +196,9 @@ class Trainer:
             record = self._epoch_record(train_loss, train_acc, time.perf_counter() - epoch_start, started)
             self._update_result(result, record, keep_best_state)
             # Every hook sees every epoch end, even when an earlier one already asks to stop.
-            stop = any([bool(self._call_one(h, "on_epoch_end", self, record)) for h in self.hooks])
+            stop = distributed.any_rank(
+                any([bool(self._call_one(h, "on_epoch_end", self, record)) for h in self.hooks])
+            )
             result.stopped_early = stop and self.epoch < stage.epochs
             result.seconds = time.perf_counter() - started
             self._log("epoch", **record)
@@ -209,7 +221,7 @@ class Trainer:
         for x, y in self.data.eval_batches(split, rank=rank, world_size=world):
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with self._autocast():
-                logits = self.forward(x)
+                logits = self.eval_forward(x)
             totals[0] += F.cross_entropy(logits.float(), y, reduction="sum")
             totals[1] += (logits.argmax(1) == y).sum()
             totals[2] += y.numel()
@@ -240,6 +252,10 @@ class Trainer:
         after = [h for h in self.hooks if hasattr(h, "after_step")]
         schedule_epochs = stage.schedule_epochs or stage.epochs
         totals = torch.zeros(3, dtype=torch.float64, device=self.device)
+        if self._partial_totals is not None:  # resuming mid-epoch: the epoch's running sums so far
+            totals += self._partial_totals.to(self.device)
+            self._partial_totals = None
+        several = distributed.world_size() > 1
         for x, y in batches:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             self.lr = learning_rate(
@@ -263,6 +279,8 @@ class Trainer:
                 totals[0] += loss.detach().double() * y.numel()
                 totals[1] += (logits.argmax(1) == y).sum()
                 totals[2] += y.numel()
+            if distributed.any_rank(preemption.requested()) if several else preemption.requested():
+                self._preempted(totals)
         distributed.all_reduce_sum(totals)
         loss_sum, correct, count = totals.tolist()
         if count and not math.isfinite(loss_sum):
@@ -338,8 +356,30 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def _stateful_hooks(self) -> dict[str, Any]:
+        """Hooks with state, keyed by class name and occurrence (stable when unrelated hooks come or go)."""
+        keyed, seen = {}, {}
+        for hook in self.hooks:
+            if hasattr(hook, "state_dict") and hasattr(hook, "load_state_dict"):
+                name = type(hook).__name__
+                seen[name] = seen.get(name, 0) + 1
+                keyed[f"{name}#{seen[name]}"] = hook
+        return keyed
+
     # ------------------------------------------------------------------------------------------ checkpoints
-    def _save_checkpoint(self, result: StageResult, keep_best_state: bool) -> None:
+    def _preempted(self, totals: torch.Tensor) -> None:
+        """Save the exact step (with this epoch's running sums, this rank's share) and hand the signal on."""
+        assert self._result is not None
+        if distributed.world_size() > 1:
+            totals = distributed.all_reduce_sum(totals.clone())
+        self._save_checkpoint(self._result, self._keep_best_state, partial_totals=totals)
+        self._log("message", text=f"preempted: saved a checkpoint at step {self.step} of {self.stage.key}")
+        distributed.barrier()
+        preemption.hand_over(distributed.is_main())
+
+    def _save_checkpoint(
+        self, result: StageResult, keep_best_state: bool, partial_totals: torch.Tensor | None = None
+    ) -> None:
         if self.checkpoint_path is None or not distributed.is_main():
             return
         assert self.stage is not None and self.optimizer is not None
@@ -348,9 +388,10 @@ class Trainer:
             step=self.step,
             model=unwrap(self.model).state_dict(),
             optimizer=self.optimizer.state_dict(),
-            hooks=[self._call_one(h, "state_dict") for h in self.hooks],
+            hooks={key: hook.state_dict() for key, hook in self._stateful_hooks().items()},
             result=result.to_dict(),
             best_state=self._best_state if keep_best_state else None,
+            partial_totals=None if partial_totals is None else partial_totals.cpu(),
         )
         save_torch_atomic(self.checkpoint_path, payload)
 
@@ -363,12 +404,16 @@ class Trainer:
         unwrap(self.model).load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.step = payload["step"]
-        for hook, state in zip(self.hooks, payload["hooks"]):
-            if state is not None and hasattr(hook, "load_state_dict"):
-                hook.load_state_dict(state)
+        hooks = self._stateful_hooks()
+        for key, state in payload["hooks"].items():
+            if key in hooks:
+                hooks[key].load_state_dict(state)
         for name, value in payload["result"].items():
             setattr(result, name, value)
         self._best_state = payload.get("best_state")
+        partial = payload.get("partial_totals")
+        if partial is not None:  # a mid-epoch checkpoint: totals are global sums, one rank carries them on
+            self._partial_totals = partial if distributed.is_main() else torch.zeros_like(partial)
         return True
 
 
