@@ -33,6 +33,7 @@ DB_DIR=$STATE/mysql
 DB_RUN=$STATE/mysqld
 DB_SOCKET=$DB_RUN/mysqld.sock
 SLURM_CONF_FILE=$STATE/slurm.conf
+CONF_CHANGED=0
 export SLURM_CONF=$SLURM_CONF_FILE
 
 say() { echo "slurm-testbed: $*"; }
@@ -103,12 +104,13 @@ install_packages() {
 }
 
 write_configs() {
-    local cpus mem_mb real_mb
+    local cpus mem_mb real_mb def_mb
     cpus=$(nproc)
     mem_mb=$(($(awk '/^MemTotal:/ {print $2}' /proc/meminfo) / 1024))
     # Leave the system 10% (at least 512 MB): slurmd drains a node that has less memory than configured.
     real_mb=$((mem_mb - (mem_mb / 10 > 512 ? mem_mb / 10 : 512)))
     ((real_mb > 256)) || real_mb=256
+    def_mb=$((real_mb / cpus < 1024 ? real_mb / cpus : 1024))
 
     cat >"$SLURM_CONF_FILE.new" <<EOF
 # Written by scripts/slurm_testbed.sh: a single-node test cluster ($cpus CPUs, ${real_mb} MB).
@@ -136,12 +138,13 @@ SlurmdSpoolDir=$STATE/spool
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 JobCompType=jobcomp/none
+MailProg=/bin/true
 # Jobs leave squeue soon after they end (sacct keeps them); requeue is allowed (submitit requeues on timeout and
 # preemption); the scheduler looks at pending jobs every 2 s instead of every 60 s.
 MinJobAge=10
 JobRequeue=1
 SchedulerType=sched/backfill
-SchedulerParameters=sched_interval=2,bf_interval=2,defer_batch=0
+SchedulerParameters=sched_interval=2,bf_interval=2
 ReturnToService=2
 SlurmdParameters=config_overrides
 KillWait=10
@@ -151,13 +154,10 @@ SlurmctldTimeout=60
 SlurmdTimeout=120
 MessageTimeout=20
 NodeName=localhost CPUs=$cpus RealMemory=$real_mb State=UNKNOWN
-PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+# A job that asks for no memory gets DefMemPerCPU per CPU (not the whole node), so small jobs run side by side.
+PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO DefMemPerCPU=$def_mb
 EOF
-    # defer_batch is not known to every Slurm version: drop it if this slurmctld does not document it.
-    if ! grep -qs defer_batch /usr/share/man/man5/slurm.conf.5* 2>/dev/null &&
-        ! zgrep -qs defer_batch /usr/share/man/man5/slurm.conf.5.gz 2>/dev/null; then
-        sed -i 's/,defer_batch=0//' "$SLURM_CONF_FILE.new"
-    fi
+    if ! cmp -s "$SLURM_CONF_FILE.new" "$SLURM_CONF_FILE"; then CONF_CHANGED=1; fi
     mv "$SLURM_CONF_FILE.new" "$SLURM_CONF_FILE"
     chmod 644 "$SLURM_CONF_FILE"
 
@@ -226,7 +226,7 @@ start_mariadb() {
         say "starting MariaDB (127.0.0.1:$DB_PORT)"
         setsid /usr/sbin/mariadbd --no-defaults --user=mysql --datadir="$DB_DIR" --socket="$DB_SOCKET" \
             --port="$DB_PORT" --bind-address=127.0.0.1 --pid-file="$DB_RUN/mariadbd.pid" \
-            --log-error="$DB_RUN/mariadbd.log" --innodb-buffer-pool-size=256M --innodb-log-file-size=64M \
+            --log-error="$DB_RUN/mariadbd.log" --innodb-buffer-pool-size=512M --innodb-log-file-size=64M \
             --innodb-lock-wait-timeout=900 --max-allowed-packet=64M </dev/null >/dev/null 2>&1 &
         wait_for "MariaDB (log: $DB_RUN/mariadbd.log)" mariadb-admin --no-defaults --socket="$DB_SOCKET" -u root ping
     fi
@@ -313,7 +313,13 @@ up() {
     start_mariadb
     start_slurmdbd
     register_accounting
+    local ctld_was_running
+    ctld_was_running=$(alive_pid slurmctld)
     start_slurmctld
+    if [[ -n $ctld_was_running && $CONF_CHANGED == 1 ]]; then
+        say "slurm.conf changed: scontrol reconfigure"
+        scontrol reconfigure
+    fi
     start_slurmd
     wait_for "sacct" sacct -n -X -S now-1minute
     say "up in $((SECONDS - started))s: node localhost $(node_state), partition debug, cluster $CLUSTER, state $STATE"

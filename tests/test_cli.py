@@ -7,7 +7,9 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
+import pytest
 import torch
 
 from lth_runner.sparse import Mask, geometric_densities, round_counts
@@ -149,3 +151,44 @@ def test_a_sweep_runs_every_combination_in_its_own_directory(tmp_path, data_root
     ]
     assert all(s["status"] == "complete" for s in summaries)
     assert [round(s["final"]["density"], 6) for s in summaries] == [0.5, 0.1, 0.5, 0.1]
+
+
+@pytest.mark.slow
+def test_killed_at_random_moments_until_done_it_ends_with_the_uninterrupted_summary(tmp_path, data_root):
+    """SIGKILL at wall-clock moments drawn at random (seeded), so kills land anywhere: mid-step, while pruning,
+    while writing a mask or the summary, between stages. Each restart resumes; the end result is the same."""
+    import random
+
+    overrides = [
+        "sparsity.rounds=3",
+        "method.controls=[reinit,random_prune]",
+        "trainer.epochs=8",
+        "dataset.num_samples=6000",
+    ]
+    reference = lth_run(tmp_path / "reference", data_root, *overrides)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    rng, kills, run_dir = random.Random(0), 0, tmp_path / "run"
+    metrics = run_dir / "metrics.jsonl"
+    env = dict(os.environ, LTH_DATA_ROOT=str(data_root), PYTHONUNBUFFERED="1")
+    command = [sys.executable, "-m", "lth_runner.train", *SMALL, f"hydra.run.dir={run_dir}", *overrides]
+    for _ in range(60):
+        logged = metrics.stat().st_size if metrics.exists() else 0
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # past start-up once it logs something new; then the kill lands at a random moment of the work
+        while process.poll() is None and (metrics.stat().st_size if metrics.exists() else 0) <= logged:
+            time.sleep(0.02)
+        if process.poll() is None:
+            time.sleep(rng.uniform(0.0, 1.5))
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+            kills += 1
+            continue
+        assert process.returncode == 0, process.stderr.read().decode()[-2000:]
+        break
+    assert kills >= 3  # the run really was interrupted several times
+    assert comparable(json.loads((run_dir / "summary.json").read_text())) == comparable(
+        json.loads((tmp_path / "reference" / "summary.json").read_text())
+    )
+    for name in ("round_01", "round_02", "round_03", "round_03_random"):
+        assert Mask.load(run_dir / "masks" / f"{name}.pt") == Mask.load(tmp_path / "reference" / "masks" / f"{name}.pt")
