@@ -40,7 +40,7 @@ def requested_world_size() -> int:
     """The world size the environment asks for, before (or without) joining the group."""
     if "WORLD_SIZE" in os.environ:
         return int(os.environ["WORLD_SIZE"])
-    if "SLURM_JOB_ID" in os.environ and "SUBMITIT_FOLDER" in os.environ:
+    if "SLURM_JOB_ID" in os.environ and "SUBMITIT_EXECUTOR" in os.environ:
         return int(os.environ.get("SLURM_NTASKS", "1"))
     return 1
 

@@ -28,7 +28,7 @@ def _record(signum: int, frame: Any) -> None:
 
 
 def under_submitit() -> bool:
-    return "SUBMITIT_FOLDER" in os.environ or "SUBMITIT_EXECUTOR" in os.environ
+    return "SUBMITIT_EXECUTOR" in os.environ
 
 
 @contextlib.contextmanager

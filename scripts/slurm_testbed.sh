@@ -3,7 +3,7 @@
 #
 #   scripts/slurm_testbed.sh up      install what is missing, write the configs, start the daemons, wait until ready
 #   scripts/slurm_testbed.sh down    cancel the jobs, stop the daemons (SIGTERM, then SIGKILL), leave nothing running
-#   scripts/slurm_testbed.sh status  sinfo, squeue and whether each daemon is alive
+#   scripts/slurm_testbed.sh status  whether each daemon is alive (exit code 0 when all are), sinfo, squeue
 #
 # Needs root, Debian/Ubuntu (apt-get) and no systemd: every daemon is started by hand. Everything lives in the state
 # directory ${SLURM_TESTBED_DIR:-/tmp/lth-slurm} (configs, MariaDB data, spool, logs, pid files); /etc/slurm/slurm.conf
@@ -51,13 +51,14 @@ pidfile() {
     esac
 }
 
-# The pid of a daemon when it is alive, else nothing.
+# The pid of a daemon when it is alive, else nothing (a pid file whose process is gone, or whose pid now belongs to
+# another program, counts as stopped: nothing else is ever signalled).
 alive_pid() {
     local file pid
     file=$(pidfile "$1")
     [[ -s $file ]] || return 0
     pid=$(tr -dc '0-9' <"$file")
-    if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
+    if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null && [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$1" ]]; then
         echo "$pid"
     fi
 }
@@ -344,7 +345,8 @@ stop() {
     rm -f "$(pidfile "$1")"
 }
 
-# Pids of slurmstepd processes (job steps of this node) still running.
+# Pids of slurmstepd processes (job steps of this node) still running: only this testbed's slurmd starts them here
+# (a second Slurm on the same machine could not share the ports).
 stepd_pids() {
     local proc
     for proc in /proc/[0-9]*; do

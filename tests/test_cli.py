@@ -142,7 +142,10 @@ def test_a_sweep_runs_every_combination_in_its_own_directory(tmp_path, data_root
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    summaries = [json.loads((tmp_path / str(job) / "summary.json").read_text()) for job in range(4)]
+    jobs = ["0_debug=fast,method=lth,sparsity=50", "1_debug=fast,method=lth,sparsity=90"]
+    jobs += ["2_debug=fast,method=lth_iter,sparsity=50", "3_debug=fast,method=lth_iter,sparsity=90"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith(".")) == jobs
+    summaries = [json.loads((tmp_path / job / "summary.json").read_text()) for job in jobs]
     assert [(s["method"], s["target_sparsity"]) for s in summaries] == [
         ("lth", 0.5),
         ("lth", 0.9),

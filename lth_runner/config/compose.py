@@ -43,3 +43,32 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
     register_configs()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return compose(config_name="config", overrides=quote_numeric_choices(list(overrides or [])))
+
+
+# Names of multirun job directories, in conf/config.yaml:
+#   hydra.sweep.subdir: ${lth_subdir:${hydra.job.num},${hydra.job.override_dirname}}
+_UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9=,._+~@%:-]+")
+_MAX_NAME = 200  # bytes; file names may not exceed 255
+
+
+def subdir_name(num: int | str, overrides: str = "") -> str:
+    """``3`` and ``seed=1,sparsity='90'`` -> ``3_seed=1,sparsity=90``: the job number, then its overrides without
+    quotes, with ``/``, spaces and other characters unsafe in a file name replaced by ``-``; a name too long for a
+    file system keeps its head and ends with a hash of the whole."""
+    cleaned = _UNSAFE_IN_NAME.sub("-", str(overrides).replace("'", "").replace('"', "")).strip("-")
+    name = f"{num}_{cleaned}" if cleaned else str(num)
+    if len(name.encode()) > _MAX_NAME:
+        import hashlib
+
+        digest = hashlib.sha1(name.encode()).hexdigest()[:10]
+        name = name.encode()[: _MAX_NAME - 11].decode(errors="ignore") + "-" + digest
+    return name
+
+
+def register_resolvers() -> None:
+    """OmegaConf resolvers the configs use (idempotent). Called on import of :mod:`lth_runner.config`, so a SLURM
+    job unpickling the Hydra launcher has them before it resolves its output directory."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("lth_subdir"):
+        OmegaConf.register_new_resolver("lth_subdir", subdir_name)
