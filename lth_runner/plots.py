@@ -2,21 +2,41 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 from lth_runner.utils.io import atomic_path
 
 
+def figure(panels: int, *, width: float = 5.6, height: float = 4.2, max_cols: int = 3) -> tuple[Any, list[Any]]:
+    """A figure with ``panels`` axes on an Agg canvas (no pyplot state, no global backend switch)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cols = max(1, min(panels, max_cols))
+    rows = max(1, math.ceil(panels / cols))
+    fig = Figure(figsize=(width * cols, height * rows))
+    FigureCanvasAgg(fig)
+    axes = [fig.add_subplot(rows, cols, i + 1) for i in range(rows * cols)]
+    for ax in axes[panels:]:
+        ax.set_visible(False)
+    return fig, axes[:panels]
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Lay out and write ``fig`` as a PNG, atomically."""
+    path = Path(path)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    return path
+
+
 def accuracy_vs_density(summary: dict[str, Any], path: str | Path) -> Path:
     """Test accuracy (at the best validation epoch) of the ticket and each control against density."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rounds = summary["rounds"]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, (ax,) = figure(1, width=6, height=4)
     series = {"ticket": [(r["density"], r["ticket"]["best_val_test_acc"]) for r in rounds]}
     for r in rounds:
         for name, result in r["controls"].items():
@@ -37,27 +57,17 @@ def accuracy_vs_density(summary: dict[str, Any], path: str | Path) -> Path:
     ax.set_title(f"{summary['method']}: {summary['model']} on {summary['dataset']} (seed {summary['seed']})")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def accuracy_over_training(summary: dict[str, Any], records: list[dict[str, Any]], path: str | Path) -> Path:
     """Test accuracy and density against the epochs trained so far, across all stages (one point per epoch)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     epochs = {}
     for record in records:  # an epoch re-run after a crash is logged again: the last record counts
         if record.get("event") == "epoch":
             epochs[(record["key"], record["epoch"])] = record
     points = list(epochs.values())
-    fig, accuracy_axis = plt.subplots(figsize=(7, 4))
+    fig, (accuracy_axis,) = figure(1, width=7, height=4)
     x = list(range(1, len(points) + 1))
     accuracy_axis.plot(x, [100 * (p["test_acc"] or 0) for p in points], label="test accuracy", color="tab:blue")
     accuracy_axis.set_xlabel("epochs trained (all stages)")
@@ -71,9 +81,4 @@ def accuracy_over_training(summary: dict[str, Any], records: list[dict[str, Any]
     accuracy_axis.set_title(f"{summary['method']}: {summary['model']} on {summary['dataset']} (seed {summary['seed']})")
     accuracy_axis.grid(True, alpha=0.3)
     fig.legend(loc="lower left", bbox_to_anchor=(0.1, 0.15))
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

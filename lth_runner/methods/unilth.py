@@ -36,10 +36,13 @@ Choices where the paper leaves room (all options; also in docs/methods.md):
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import nn
 
 from lth_runner.config.schema import UniLTHConfig
 from lth_runner.errors import ConfigError
@@ -166,21 +169,22 @@ def unified(run: RunContext, *, dual: bool) -> dict[str, Any]:
     plan = _event_counts(params, cfg.sparsity.target, rounds, cfg.sparsity.scope, unimportant)
     selector = _selector(run, params, unimportant, plan)
     weight_decay = decay if method.weight_decay in ("stage2", "both") else 0.0
-    stage2_common = dict(
+    stage2 = _Stage2(
+        run,
+        model,
+        enforcer,
+        params,
+        rewind,
+        unimportant,
+        plan,
+        selector,
         ceiling=ceiling,
-        stage2_epochs=stage2_epochs,
+        epochs=stage2_epochs,
         start_epoch=start_epoch,
         steps_per_epoch=steps_per_epoch,
         weight_decay=weight_decay,
     )
-    if method.reset_after_prune:
-        last, stage2_results = _train_with_resets(
-            run, model, enforcer, params, rewind, unimportant, plan, selector, **stage2_common
-        )
-    else:
-        last, stage2_results = _train_continuously(
-            run, model, enforcer, params, rewind, unimportant, plan, selector, **stage2_common
-        )
+    last, stage2_results = (_train_with_resets if method.reset_after_prune else _train_continuously)(stage2)
     results += stage2_results
     mask = enforcer.mask
     assert mask is not None
@@ -296,175 +300,118 @@ def _unimportant_set(run: RunContext, params: dict[str, torch.nn.Parameter]) -> 
     return unimportant
 
 
-def _on_prune(run: RunContext, total: int):
-    def record(mask: Mask, event: PruneEvent, trainer: Any) -> None:
-        run.save_mask(f"round_{event.index:02d}", mask)
-        run.tracker.log(
+@dataclasses.dataclass
+class _Stage2:
+    """What the two readings of stage 2 share: the model and its mask, the rewind point, the event plan, and how a
+    stage of stage 2 is built, penalised, trained and pruned."""
+
+    run: RunContext
+    model: nn.Module
+    enforcer: MaskEnforcer
+    params: dict[str, nn.Parameter]
+    rewind: dict[str, Any]
+    unimportant: Mask | None
+    plan: _Plan
+    select: Callable[[Any, Mask, PruneEvent], Mask]
+    ceiling: float
+    epochs: int  # E of the laws
+    start_epoch: int  # the schedule position stage 2 starts from (the rewind epoch, or 0)
+    steps_per_epoch: int
+    weight_decay: float
+
+    @property
+    def rounds(self) -> int:
+        return len(self.plan.kept)
+
+    @property
+    def start_step(self) -> int:
+        return self.start_epoch * self.steps_per_epoch
+
+    @property
+    def total(self) -> int:
+        return sum(p.numel() for p in self.params.values())
+
+    def penalty(self, offset_epochs: float = 0.0) -> GrowingPenalty:
+        reg = self.run.cfg.regularizer
+        return GrowingPenalty(
+            self.params,
+            law=reg.name,
+            ceiling=self.ceiling,
+            epochs=self.epochs,
+            start_step=self.start_step,
+            steps_per_epoch=self.steps_per_epoch,
+            selection=self.unimportant,
+            granularity=reg.granularity,
+            gradient_scale=reg.gradient_scale,
+            offset_epochs=offset_epochs,
+        )
+
+    def stage(self, key: str, round_index: int, phase: str, length: int, density: float = 1.0) -> Stage:
+        """A stage of ``length`` epochs starting at the rewind point (the schedule continues from there)."""
+        end = self.start_epoch + length
+        schedule = max(self.run.cfg.trainer.epochs, end) if self.run.cfg.method.rewind_schedule else length
+        return Stage(
+            key,
+            round_index,
+            phase,
+            epochs=end,
+            start_step=self.start_step,
+            schedule_epochs=schedule,
+            density=density,
+            weight_decay=self.weight_decay,
+        )
+
+    def train(self, stage: Stage, hooks: list[Any], *, keep_weights: bool) -> StageResult:
+        unwrap(self.model).load_state_dict(self.rewind["model"])
+        optimizer = self.rewind.get("optimizer") if self.run.cfg.method.rewind_optimizer else None
+        return self.run.train(
+            stage, self.model, self.enforcer, hooks, keep_weights=keep_weights, optimizer_state=optimizer
+        )
+
+    def record(self, mask: Mask, event: PruneEvent) -> Mask:
+        """Save (as agreed by every rank) and log the mask of pruning event ``event``."""
+        mask = self.run.save_mask(f"round_{event.index:02d}", mask)
+        self.run.tracker.log(
             "prune",
             round=event.index,
             step=event.step,
             density=mask.density(),
             kept=mask.num_kept(),
-            total=total,
+            total=self.total,
             layer_densities=mask.layer_densities(),
         )
-
-    return record
-
-
-def _penalty(
-    run: RunContext,
-    params,
-    unimportant: Mask | None,
-    *,
-    ceiling: float,
-    stage2_epochs: float,
-    start_step: int,
-    steps_per_epoch: int,
-    offset_epochs: float = 0.0,
-) -> GrowingPenalty:
-    reg = run.cfg.regularizer
-    return GrowingPenalty(
-        params,
-        law=reg.name,
-        ceiling=ceiling,
-        epochs=stage2_epochs,
-        start_step=start_step,
-        steps_per_epoch=steps_per_epoch,
-        selection=unimportant,
-        granularity=reg.granularity,
-        gradient_scale=reg.gradient_scale,
-        offset_epochs=offset_epochs,
-    )
+        return mask
 
 
-def _train_continuously(
-    run: RunContext,
-    model,
-    enforcer: MaskEnforcer,
-    params,
-    rewind: dict,
-    unimportant,
-    plan: _Plan,
-    selector,
-    *,
-    ceiling: float,
-    stage2_epochs: int,
-    start_epoch: int,
-    steps_per_epoch: int,
-    weight_decay: float,
-) -> tuple[StageResult, list[StageResult]]:
+def _train_continuously(s: _Stage2) -> tuple[StageResult, list[StageResult]]:
     """Algorithm 1: one run of ``E`` epochs with the pruning events at iterations ``M/psi * gamma``."""
-    rounds = len(plan.kept)
-    start_step = start_epoch * steps_per_epoch
-    steps = stage2_epochs * steps_per_epoch
-    plan.events = [
-        PruneEvent(g, start_step + math.floor(g * steps / rounds + 0.5), plan.kept[g - 1]) for g in range(1, rounds + 1)
+    steps = s.epochs * s.steps_per_epoch
+    s.plan.events = [
+        PruneEvent(g, s.start_step + math.floor(g * steps / s.rounds + 0.5), s.plan.kept[g - 1])
+        for g in range(1, s.rounds + 1)
     ]
-    unwrap(model).load_state_dict(rewind["model"])
-    total = sum(p.numel() for p in params.values())
-    hooks = [
-        _penalty(
-            run,
-            params,
-            unimportant,
-            ceiling=ceiling,
-            stage2_epochs=stage2_epochs,
-            start_step=start_step,
-            steps_per_epoch=steps_per_epoch,
-        ),
-        PruneSchedule(enforcer, plan.events, selector, _on_prune(run, total)),
-    ]
-    stage = Stage(
-        "stage2/prune",
-        1,
-        "prune",
-        epochs=start_epoch + stage2_epochs,
-        start_step=start_step,
-        schedule_epochs=max(run.cfg.trainer.epochs, start_epoch + stage2_epochs)
-        if run.cfg.method.rewind_schedule
-        else stage2_epochs,
-        weight_decay=weight_decay,
-    )
-    result = run.train(
-        stage,
-        model,
-        enforcer,
-        hooks,
-        keep_weights=True,
-        optimizer_state=rewind.get("optimizer") if run.cfg.method.rewind_optimizer else None,
-    )
-    enforcer.set_mask(run.saved_mask(f"round_{rounds:02d}"))
+    schedule = PruneSchedule(s.enforcer, s.plan.events, s.select, lambda mask, event, _: s.record(mask, event))
+    result = s.train(s.stage("stage2/prune", 1, "prune", s.epochs), [s.penalty(), schedule], keep_weights=True)
+    s.enforcer.set_mask(s.run.saved_mask(f"round_{s.rounds:02d}"))
     return result, [result]
 
 
-def _train_with_resets(
-    run: RunContext,
-    model,
-    enforcer: MaskEnforcer,
-    params,
-    rewind: dict,
-    unimportant,
-    plan: _Plan,
-    selector,
-    *,
-    ceiling: float,
-    stage2_epochs: int,
-    start_epoch: int,
-    steps_per_epoch: int,
-    weight_decay: float,
-) -> tuple[StageResult, list[StageResult]]:
+def _train_with_resets(s: _Stage2) -> tuple[StageResult, list[StageResult]]:
     """Sec. 3.3: every round prunes the previous round's weights, resets the survivors to the rewind point and
     trains E/psi epochs; the penalty keeps growing across rounds."""
-    rounds = len(plan.kept)
-    total = sum(p.numel() for p in params.values())
-    per_round = max(1, math.floor(stage2_epochs / rounds + 0.5))
-    start_step = start_epoch * steps_per_epoch
-    plan.events = [PruneEvent(g, start_step, plan.kept[g - 1]) for g in range(1, rounds + 1)]
-    results, previous_key, alive = [], "stage1/dense", Mask.ones_like(params)
-    for event in plan.events:
-        name = f"round_{event.index:02d}"
-        mask = run.saved_mask(name)
+    per_round = max(1, math.floor(s.epochs / s.rounds + 0.5))
+    s.plan.events = [PruneEvent(g, s.start_step, s.plan.kept[g - 1]) for g in range(1, s.rounds + 1)]
+    results, previous_key, alive = [], "stage1/dense", Mask.ones_like(s.params)
+    for event in s.plan.events:
+        mask = s.run.saved_mask(f"round_{event.index:02d}")
         if mask is None:
-            unwrap(model).load_state_dict(run.load_weights(previous_key))
-            mask = selector(None, alive, event)
-            _on_prune(run, total)(mask, event, None)
-        run.release_weights(previous_key)
-        unwrap(model).load_state_dict(rewind["model"])
-        enforcer.set_mask(mask)
+            unwrap(s.model).load_state_dict(s.run.load_weights(previous_key))
+            mask = s.record(s.select(None, alive, event), event)
+        s.run.release_weights(previous_key)
+        s.enforcer.set_mask(mask)
         key = f"round{event.index:02d}/ticket"
-        hooks = [
-            _penalty(
-                run,
-                params,
-                unimportant,
-                ceiling=ceiling,
-                stage2_epochs=stage2_epochs,
-                start_step=start_step,
-                steps_per_epoch=steps_per_epoch,
-                offset_epochs=(event.index - 1) * stage2_epochs / rounds,
-            )
-        ]
-        stage = Stage(
-            key,
-            event.index,
-            "ticket",
-            epochs=start_epoch + per_round,
-            start_step=start_step,
-            schedule_epochs=max(run.cfg.trainer.epochs, start_epoch + per_round)
-            if run.cfg.method.rewind_schedule
-            else per_round,
-            density=mask.density(),
-            weight_decay=weight_decay,
-        )
-        result = run.train(
-            stage,
-            model,
-            enforcer,
-            hooks,
-            keep_weights=event.index < rounds,
-            optimizer_state=rewind.get("optimizer") if run.cfg.method.rewind_optimizer else None,
-        )
-        results.append(result)
+        stage = s.stage(key, event.index, "ticket", per_round, density=mask.density())
+        hooks = [s.penalty(offset_epochs=(event.index - 1) * s.epochs / s.rounds)]
+        results.append(s.train(stage, hooks, keep_weights=event.index < s.rounds))
         previous_key, alive = key, mask
     return results[-1], results

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lth_runner.plots import figure, save_figure
 from lth_runner.report.collect import RunRecord
 from lth_runner.report.tables import GroupTable, method_order, sparsity_label
-from lth_runner.utils.io import atomic_path
 
 REGULARIZATION_LAWS = ("linear", "loglaw", "explaw", "tanlaw")
 
@@ -60,27 +60,6 @@ def mean_band(series: Sequence[EpochSeries]) -> tuple[list[int], list[float], li
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-def _figure(panels: int, *, width: float = 5.6, height: float = 4.2, max_cols: int = 3) -> tuple[Any, list[Any]]:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    cols = max(1, min(panels, max_cols))
-    rows = max(1, math.ceil(panels / cols))
-    fig = Figure(figsize=(width * cols, height * rows))
-    FigureCanvasAgg(fig)
-    axes = [fig.add_subplot(rows, cols, i + 1) for i in range(rows * cols)]
-    for ax in axes[panels:]:
-        ax.set_visible(False)
-    return fig, axes[:panels]
-
-
-def _save(fig: Any, path: Path) -> Path:
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    return path
-
-
 def _colors(labels: Sequence[str]) -> dict[str, Any]:
     from matplotlib import colormaps
 
@@ -105,7 +84,7 @@ def accuracy_vs_epoch(runs: Sequence[RunRecord], path: str | Path) -> Path | Non
     colors = _colors(sorted({label for p in panels.values() for label in p}, key=method_order))
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = _figure(len(keys))
+    fig, axes = figure(len(keys))
     for ax, key in zip(axes, keys):
         model, dataset, sparsity = key
         for label in sorted(panels[key], key=method_order):
@@ -125,7 +104,7 @@ def accuracy_vs_epoch(runs: Sequence[RunRecord], path: str | Path) -> Path | Non
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small")
     fig.suptitle("Test accuracy vs training epoch: mean over seeds, min-max shaded; bottom ticks: density changes")
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def accuracy_vs_sparsity(tables: Sequence[GroupTable], path: str | Path) -> Path | None:
@@ -134,7 +113,7 @@ def accuracy_vs_sparsity(tables: Sequence[GroupTable], path: str | Path) -> Path
     if not tables:
         return None
     colors = _colors(sorted({row for t in tables for row in t.rows}, key=method_order))
-    fig, axes = _figure(len(tables))
+    fig, axes = figure(len(tables))
     for ax, table in zip(axes, tables):
         for row in table.rows:
             points = [(s, table.cell(row, s)) for s in table.sparsities]
@@ -158,7 +137,7 @@ def accuracy_vs_sparsity(tables: Sequence[GroupTable], path: str | Path) -> Path
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small")
     fig.suptitle("Final test accuracy vs sparsity (mean ± sample std over seeds)")
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def regularization_laws(path: str | Path, *, points: int = 201) -> Path:
@@ -166,7 +145,7 @@ def regularization_laws(path: str | Path, *, points: int = 201) -> Path:
     from lth_runner.sparse.laws import penalty_coefficient
 
     xs = [i / (points - 1) for i in range(points)]
-    fig, (ax,) = _figure(1, width=6.0, height=4.5)
+    fig, (ax,) = figure(1, width=6.0, height=4.5)
     for law in REGULARIZATION_LAWS:
         ax.plot(xs, [penalty_coefficient(law, x, 1.0, 1.0) for x in xs], lw=1.8, label=law)
     ax.set_xlim(0.0, 1.0)
@@ -176,7 +155,7 @@ def regularization_laws(path: str | Path, *, points: int = 201) -> Path:
     ax.set_title("Growing-regularization laws (R_ceil = 1)")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def write_figures(runs: Sequence[RunRecord], tables: Sequence[GroupTable], out: Path) -> list[Path]:
