@@ -53,6 +53,7 @@ _RESUME_NEUTRAL = (
     "plugins",
     "name",
     "trainer.device",
+    "trainer.devices",
     "trainer.num_threads",
     "trainer.checkpoint_every",
     "trainer.keep_round_weights",

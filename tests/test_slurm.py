@@ -212,7 +212,7 @@ def test_a_two_task_job_trains_with_ddp_what_one_process_trains(tmp_path, data_r
         tmp_path / "sweep",
         data_root,
         *DDP_RUN,
-        "hydra.launcher.tasks_per_node=2",
+        "trainer.devices=2",
         "hydra.launcher.mem_gb=2",
         "plugins=[tests.rank_dump]",
         "seed=0",

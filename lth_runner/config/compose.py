@@ -72,3 +72,11 @@ def register_resolvers() -> None:
 
     if not OmegaConf.has_resolver("lth_subdir"):
         OmegaConf.register_new_resolver("lth_subdir", subdir_name)
+    if not OmegaConf.has_resolver("lth_gpus"):
+        OmegaConf.register_new_resolver("lth_gpus", gpus_per_node)
+
+
+def gpus_per_node(device: str, devices: int) -> int | None:
+    """GPUs a SLURM job asks for: one per process when the trainer is told to use CUDA, none otherwise (``auto``
+    on a cluster must say which it wants: a CPU partition cannot grant GPUs)."""
+    return int(devices) if str(device).startswith("cuda") else None

@@ -219,6 +219,7 @@ class TrainerConfig:
     batch_size: int = option(128, ge=1)
     eval_batch_size: int = option(1000, ge=1)
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    devices: int = option(1, ge=1)  # processes (one per device) per node of a SLURM job; torchrun sets its own
     precision: str = option("fp32", choices=("fp32", "bf16"))
     channels_last: bool = False
     compile: bool = False
