@@ -31,7 +31,9 @@ def _requirement_name(requirement: str) -> str:
 
 def test_every_third_party_import_is_a_declared_dependency():
     # A module installed by hand on a development machine, but not declared, breaks a fresh install (and CI).
-    declared = {_requirement_name(r) for r in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]}
+    declared = {
+        _requirement_name(r) for r in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    }
     providers = importlib.metadata.packages_distributions()
     missing = {}
     for source in (REPO / "lth_runner").rglob("*.py"):
