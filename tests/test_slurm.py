@@ -52,6 +52,7 @@ JOB = [
     "logger.console=none",
 ]
 FAST = "debug=fast"  # the two-round debug preset (80% sparsity by default)
+REQUEUE_SETTLE_S = 3.0  # how long a requeued job stays pending before the test starts it
 
 
 def sweep(tmp_path: Path, data_root: Path, *overrides: str, env: dict[str, str] | None = None):
@@ -242,14 +243,19 @@ def test_a_preempted_job_is_requeued_and_finishes_with_the_uninterrupted_summary
         "seed=0",
         env={"LTH_SIGNAL_AT": "round01/ticket:17:SIGUSR2"},
     )
+    first_seen_pending: dict[str, float] = {}
     requeued = set()
     deadline = time.time() + 300
     while process.poll() is None and time.time() < deadline:
-        # A requeued job waits for Slurm's begin-time delay; start it now.
+        # A requeued job waits for Slurm's begin-time delay; start it sooner, but not in the second of the requeue:
+        # slurmd refuses a credential created no later than the old one's revocation ("Job credential revoked").
         pending = subprocess.run(["squeue", "-h", "-t", "PD", "-o", "%i %r"], capture_output=True, text=True)
         for line in pending.stdout.splitlines():
             job_id, reason = line.split(maxsplit=1)
-            if "BeginTime" in reason:
+            if "BeginTime" not in reason:
+                continue
+            first_seen_pending.setdefault(job_id, time.time())
+            if time.time() - first_seen_pending[job_id] >= REQUEUE_SETTLE_S:
                 subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
                 requeued.add(job_id)
         time.sleep(1)
