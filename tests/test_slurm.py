@@ -245,8 +245,8 @@ def test_a_preempted_job_is_requeued_and_finishes_with_the_uninterrupted_summary
     )
     first_seen_pending: dict[str, float] = {}
     requeued = set()
-    deadline = time.time() + 300
-    while process.poll() is None and time.time() < deadline:
+    deadline = time.monotonic() + 300
+    while process.poll() is None and time.monotonic() < deadline:
         # A requeued job waits for Slurm's begin-time delay; start it sooner, but not in the second of the requeue:
         # slurmd refuses a credential created no later than the old one's revocation ("Job credential revoked").
         pending = subprocess.run(["squeue", "-h", "-t", "PD", "-o", "%i %r"], capture_output=True, text=True)
@@ -254,12 +254,12 @@ def test_a_preempted_job_is_requeued_and_finishes_with_the_uninterrupted_summary
             job_id, reason = line.split(maxsplit=1)
             if "BeginTime" not in reason:
                 continue
-            first_seen_pending.setdefault(job_id, time.time())
-            if time.time() - first_seen_pending[job_id] >= REQUEUE_SETTLE_S:
+            first_seen_pending.setdefault(job_id, time.monotonic())
+            if time.monotonic() - first_seen_pending[job_id] >= REQUEUE_SETTLE_S:
                 subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
                 requeued.add(job_id)
         time.sleep(1)
-    code, out, err = finish(process, timeout=max(1, deadline - time.time()))
+    code, out, err = finish(process, timeout=max(1, deadline - time.monotonic()))
     assert code == 0, err[-3000:]
     assert requeued, "the job was never requeued"
     job = _job_dir(tmp_path / "sweep")
