@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all lint bench clean
+.PHONY: install demo test test-all lint bench gpu-bundle gpu-check clean
 
 install: $(STAMP)
 
@@ -30,6 +30,18 @@ lint: install
 
 bench: install
 	$(BIN)/python scripts/bench_core.py
+
+# GPU check (docs/performance.md): `make gpu-bundle` here fills the git-ignored .gpu_bundle/ (wheels the bare, offline
+# device machine lacks, and the CIFAR-10 archive); there, `make gpu-check` (or `bash scripts/gpu_check.sh`) measures.
+# `make gpu-check GPU_CHECK_ARGS=--tiny`: the tiny CPU mode that CI runs (tests/test_gpu_check.py).
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+GPU_CHECK_ARGS ?=
+
+gpu-bundle:
+	PYTHON=$(PYTHON) bash scripts/gpu_bundle.sh
+
+gpu-check:
+	PYTHON=$(GPU_PYTHON) bash scripts/gpu_check.sh $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache outputs/runs outputs/sweeps

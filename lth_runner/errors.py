@@ -10,11 +10,13 @@ class UserError(Exception):
 
 
 class ConfigError(UserError):
-    """A configuration value that is not accepted; names the key, the value and what is accepted."""
+    """A configuration value that is not accepted; names the key, the value and what is accepted, with a hint such
+    as "did you mean resnet50?" for near misses."""
 
-    def __init__(self, key: str, value: Any, accepted: str) -> None:
-        self.key, self.value, self.accepted = key, value, accepted
-        super().__init__(f"{key}={value!r} is not accepted: expected {accepted}")
+    def __init__(self, key: str, value: Any, accepted: str, *, hint: str | None = None) -> None:
+        self.key, self.value, self.accepted, self.hint = key, value, accepted, hint
+        lead = f"{hint} " if hint else ""
+        super().__init__(f"{key}={value!r} is not accepted: {lead}expected {accepted}")
 
 
 class DataNotFoundError(UserError):

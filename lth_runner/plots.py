@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from lth_runner.summary import Summary
 from lth_runner.utils.io import atomic_path
 
 
@@ -33,34 +34,35 @@ def save_figure(fig: Any, path: str | Path) -> Path:
     return path
 
 
-def accuracy_vs_density(summary: dict[str, Any], path: str | Path) -> Path:
-    """Test accuracy (at the best validation epoch) of the ticket and each control against density."""
-    rounds = summary["rounds"]
+def accuracy_vs_density(summary: Summary, path: str | Path) -> Path:
+    """Test accuracy (the summary's rule: at the best validation epoch) of the ticket and each control against
+    density."""
+    rounds = summary.rounds
     fig, (ax,) = figure(1, width=6, height=4)
-    series = {"ticket": [(r["density"], r["ticket"]["best_val_test_acc"]) for r in rounds]}
+    series = {"ticket": [(r.density, r.ticket.test_acc) for r in rounds]}
     for r in rounds:
-        for name, result in r["controls"].items():
-            series.setdefault(name, []).append((result["density"], result["best_val_test_acc"]))
+        for name, result in r.controls.items():
+            series.setdefault(name, []).append((r.density, result.test_acc))
     for name, points in series.items():
         points = [(d, a) for d, a in points if a is not None]
         if points:
             xs, ys = zip(*points)
             ax.plot([100 * x for x in xs], [100 * y for y in ys], marker="o", label=name)
     ax.set_xscale("log")
-    ticks = sorted({round(100 * r["density"], 1) for r in rounds}, reverse=True)
+    ticks = sorted({round(100 * r.density, 1) for r in rounds}, reverse=True)
     ax.set_xticks(ticks)
     ax.set_xticklabels([f"{t:g}" for t in ticks])
     ax.minorticks_off()
     ax.invert_xaxis()
     ax.set_xlabel("weights remaining (%)")
     ax.set_ylabel("test accuracy at best validation epoch (%)")
-    ax.set_title(f"{summary['method']}: {summary['model']} on {summary['dataset']} (seed {summary['seed']})")
+    ax.set_title(f"{summary.method}: {summary.model} on {summary.dataset} (seed {summary.seed})")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     return save_figure(fig, path)
 
 
-def accuracy_over_training(summary: dict[str, Any], records: list[dict[str, Any]], path: str | Path) -> Path:
+def accuracy_over_training(summary: Summary, records: list[dict[str, Any]], path: str | Path) -> Path:
     """Test accuracy and density against the epochs trained so far, across all stages (one point per epoch)."""
     epochs = {}
     for record in records:  # an epoch re-run after a crash is logged again: the last record counts
@@ -69,7 +71,10 @@ def accuracy_over_training(summary: dict[str, Any], records: list[dict[str, Any]
     points = list(epochs.values())
     fig, (accuracy_axis,) = figure(1, width=7, height=4)
     x = list(range(1, len(points) + 1))
-    accuracy_axis.plot(x, [100 * (p["test_acc"] or 0) for p in points], label="test accuracy", color="tab:blue")
+    tested = [(i, p["test_acc"]) for i, p in zip(x, points) if p.get("test_acc") is not None]
+    if tested:
+        xs, ys = zip(*tested)
+        accuracy_axis.plot(xs, [100 * y for y in ys], label="test accuracy", color="tab:blue")
     accuracy_axis.set_xlabel("epochs trained (all stages)")
     accuracy_axis.set_ylabel("test accuracy (%)")
     density_axis = accuracy_axis.twinx()
@@ -78,7 +83,7 @@ def accuracy_over_training(summary: dict[str, Any], records: list[dict[str, Any]
     for index in range(1, len(points)):
         if points[index]["key"] != points[index - 1]["key"]:
             accuracy_axis.axvline(index + 0.5, color="grey", alpha=0.3)
-    accuracy_axis.set_title(f"{summary['method']}: {summary['model']} on {summary['dataset']} (seed {summary['seed']})")
+    accuracy_axis.set_title(f"{summary.method}: {summary.model} on {summary.dataset} (seed {summary.seed})")
     accuracy_axis.grid(True, alpha=0.3)
     fig.legend(loc="lower left", bbox_to_anchor=(0.1, 0.15))
     return save_figure(fig, path)

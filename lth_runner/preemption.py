@@ -1,10 +1,15 @@
-"""Preemption: turning the scheduler's warning signal into a checkpoint before the job goes away.
+"""Signals: turning Ctrl-C, SIGTERM and the scheduler's preemption warning into a checkpoint before the process goes.
 
 SLURM (through submitit, ``--signal=USR2@<signal_delay_s>``) warns a job before its time limit or when it is
-preempted. The handler installed here only records the signal. Between two optimizer steps the trainer notices it,
-all ranks agree, rank 0 writes a checkpoint of the exact step (atomically), and then the signal is handed on: to
-submitit's own handler, which requeues the job and exits, or, outside submitit, by exiting. The requeued job runs in
-the same directory and resumes from that checkpoint.
+preempted; a user presses Ctrl-C (SIGINT); a container manager sends SIGTERM. The handlers installed here only
+record the signal, so no write is ever cut in half. Between two optimizer steps the trainer notices it, all ranks
+agree, rank 0 writes a checkpoint of the exact step (atomically), and the signal is handed on: to submitit's own
+handler, which requeues the job and exits, or else by raising :class:`Interrupted`, which the command line turns
+into one line and exit code ``128 + signal`` (130 for Ctrl-C). Between stages the same request ends the run at once:
+everything finished is already saved. Re-running the same command resumes from the checkpoint.
+
+A second Ctrl-C does not wait for the next step: it raises ``KeyboardInterrupt`` at once. Every file is written to
+a temporary name and renamed, so even then the last complete checkpoint stays intact.
 """
 
 from __future__ import annotations
@@ -19,11 +24,26 @@ from typing import Any
 _state: dict[str, Any] = {"signum": None, "previous": {}}
 
 
+class Interrupted(SystemExit):
+    """The run stopped on a signal after saving what it had; ``code`` is ``128 + signal``, ``message`` one line."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(128 + int(signum))
+        self.signum, self.message = int(signum), message
+
+
 def requested() -> bool:
     return _state["signum"] is not None
 
 
+def signum() -> int | None:
+    """The recorded signal, if any."""
+    return _state["signum"]
+
+
 def _record(signum: int, frame: Any) -> None:
+    if signum == signal.SIGINT and _state["signum"] == signal.SIGINT:
+        raise KeyboardInterrupt  # a second Ctrl-C: stop now
     _state["signum"] = signum
 
 
@@ -33,11 +53,11 @@ def under_submitit() -> bool:
 
 @contextlib.contextmanager
 def guard() -> Iterator[None]:
-    """Record SIGUSR2 (and SIGTERM outside submitit, which uses SIGTERM itself) while a run trains."""
+    """Record SIGINT, SIGUSR2 and (outside submitit, which uses it itself) SIGTERM while a run trains."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    names = ["SIGUSR2"] if under_submitit() else ["SIGUSR2", "SIGTERM"]
+    names = ["SIGINT", "SIGUSR2"] if under_submitit() else ["SIGINT", "SIGUSR2", "SIGTERM"]
     signums = [getattr(signal, n) for n in names if hasattr(signal, n)]
     previous = {s: signal.getsignal(s) for s in signums}
     _state.update(signum=None, previous=previous)
@@ -51,10 +71,25 @@ def guard() -> Iterator[None]:
         _state.update(signum=None, previous={})
 
 
-def hand_over(is_main: bool) -> None:
-    """After the checkpoint: let the scheduler's handler requeue (rank 0), or leave. Does not return."""
-    signum = _state["signum"]
+def describe(signum: int | None) -> str:
+    """How the run ended, in a word: Ctrl-C interrupts it, the scheduler's warning preempts it."""
+    if signum == signal.SIGINT:
+        return "interrupted"
+    return "preempted" if signum == getattr(signal, "SIGUSR2", None) else "stopped"
+
+
+def hand_over(is_main: bool, saved: str) -> None:
+    """After the checkpoint (``saved`` says what was saved): let the scheduler's handler requeue (rank 0), or leave
+    with :class:`Interrupted`. Does not return."""
+    signum = int(_state["signum"] or 0)
     handler = _state["previous"].get(signum)
-    if is_main and callable(handler):
+    if is_main and signum != signal.SIGINT and callable(handler) and handler is not signal.default_int_handler:
         handler(signum, None)  # submitit: requeue, then sys.exit
-    raise SystemExit(128 + int(signum or 0))
+    name = signal.Signals(signum).name if signum else "signal"
+    raise Interrupted(signum, f"{describe(signum)} ({name}): {saved}; run the same command again to resume")
+
+
+def stop_if_requested(where: str) -> None:
+    """Between stages: a recorded signal ends the run here (everything finished so far is saved)."""
+    if requested():
+        hand_over(True, f"stopped {where}, all finished stages saved")

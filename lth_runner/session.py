@@ -1,4 +1,5 @@
-"""A run's session: its output directory, device, data, tracker, and the bookkeeping that makes it resumable.
+"""A run's session: its output directory, data, tracker, and the bookkeeping every method shares (stages that
+resume, masks that are computed once, prune records, summaries, controls).
 
 Output layout (all writes atomic)::
 
@@ -7,15 +8,20 @@ Output layout (all writes atomic)::
       metrics.jsonl          one JSON object per event (epochs, stages, prunes); an epoch cut short by a crash
                              after it was logged is logged again when it is re-run: the last record per
                              (key, epoch) is the one that counts
-      summary.json           per-round results and costs (rewritten after every stage)
-      state.json             completed stages and method notes (what a resumed run skips)
-      masks/round_XX.pt      the mask of every round (bool tensors)
+      summary.json           the typed summary (lth_runner.summary), rewritten after every stage
+      state.json             completed stages and the configuration fingerprint (what a resumed run skips)
+      masks/<name>.pt        every mask a method decided (round_XX.pt per round), reusable by any method
       checkpoints/last.pt    the stage in progress (model, optimizer, step, hook states)
       checkpoints/*.pt       final weights of stages a later round needs; the rewind point
-      plots/                 accuracy-vs-density plot
+      plots/                 accuracy plot
 
 Re-running with the same output directory resumes: finished stages are read back from ``state.json``, the stage in
-progress continues from ``checkpoints/last.pt``, and the next mask is never recomputed once saved.
+progress continues from ``checkpoints/last.pt``, and a mask is never recomputed once saved. Nothing is written
+before the configuration, the resume check and the data have passed (:meth:`RunContext.begin`), so a run that
+fails on bad input leaves no files behind.
+
+The process-wide set-up (device, process group, torch flags) happens once, in :func:`prepare_process`, and
+Weights & Biases is attached by :func:`run_experiment`; the context's constructor only reads.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Iterable
+import shutil
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +39,14 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from lth_runner import distributed, preemption
-from lth_runner.config.schema import OptimConfig, RunConfig
+from lth_runner.config.schema import OptimConfig, RunConfig, is_result_neutral
 from lth_runner.data import DataBundle, build_data
 from lth_runner.errors import UserError
 from lth_runner.models import build_model
 from lth_runner.sparse.enforce import MaskEnforcer
 from lth_runner.sparse.mask import Mask
 from lth_runner.sparse.prunable import from_sparsity_config, unwrap
+from lth_runner.summary import RoundSummary, Summary, build_summary
 from lth_runner.tracking import ConsoleReporter, Tracker
 from lth_runner.tracking.tracker import JsonlSink
 from lth_runner.training.trainer import Stage, StageResult, Trainer, hooks_with
@@ -46,47 +54,49 @@ from lth_runner.utils.dicts import flatten
 from lth_runner.utils.io import read_jsonl, save_torch_atomic, write_json_atomic, write_text_atomic
 from lth_runner.utils.seeding import derive_seed
 
-# Settings that change how a run is executed or displayed, not what it computes: a resumed run may differ in them.
-_RESUME_NEUTRAL = (
-    "logger",
-    "paths",
-    "plugins",
-    "name",
-    "trainer.device",
-    "trainer.devices",
-    "trainer.num_threads",
-    "trainer.checkpoint_every",
-    "trainer.keep_round_weights",
-    "trainer.compile",
-)
-
 
 class RunContext:
-    """Everything a method needs to train stages, save masks and report, for one output directory."""
+    """Everything a method needs to train stages, decide masks and report, for one output directory."""
 
-    def __init__(self, cfg: RunConfig, output_dir: str | Path, *, console: ConsoleReporter | None = None) -> None:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        output_dir: str | Path,
+        *,
+        device: torch.device | str = "cpu",
+        console: ConsoleReporter | None = None,
+    ) -> None:
         self.cfg = cfg
         self.output_dir = Path(output_dir)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.device = torch.device(device)
         self.state_path = self.output_dir / "state.json"
         self.state: dict[str, Any] = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
         self.state.setdefault("completed", {})
-        self.resumed = bool(self.state["completed"]) or (self.checkpoint_path).exists()
-        self._check_resume_config()
-        self.device = select_device(cfg.trainer.device)
-        distributed.setup(self.device.type)
-        check_distributed(cfg, self.device)
-        configure_torch(cfg)
-        self._ddp: dict[int, nn.Module] = {}
+        self.resumed = bool(self.state["completed"]) or self.checkpoint_path.exists()
         self.console = console or ConsoleReporter(cfg.logger.console)
         self.tracker = Tracker([JsonlSink(self.output_dir / "metrics.jsonl"), self.console])
-        if distributed.is_main() and wandb_enabled(cfg.logger.wandb):
-            from lth_runner.tracking.wandb_sink import WandbSink
-
-            self.tracker.sinks.append(WandbSink.create(self))
+        self._ddp: dict[int, nn.Module] = {}
         self._data: DataBundle | None = None
+
+    def check_resume(self) -> None:
+        """Refuse to resume a directory whose run computed something else (result-neutral keys may differ)."""
+        fingerprint = resume_fingerprint(self.cfg)
+        previous = self.state.get("fingerprint")
+        if self.resumed and previous is not None and previous != fingerprint:
+            changed = sorted(k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k))
+            shown = ", ".join(f"{k}: {previous.get(k)!r} -> {fingerprint.get(k)!r}" for k in changed[:3])
+            more = f" (+{len(changed) - 3} more)" if len(changed) > 3 else ""
+            raise UserError(
+                f"{self.output_dir} holds a run with a different configuration ({shown}{more}); "
+                f"re-run with the same settings to resume, or choose another hydra.run.dir"
+            )
+
+    def begin(self) -> None:
+        """Write the configuration and the resume fingerprint: from here on the directory holds a run."""
+        self.state["fingerprint"] = resume_fingerprint(self.cfg)
         if distributed.is_main():
-            write_text_atomic(self.output_dir / "config.yaml", config_yaml(cfg))
+            write_text_atomic(self.output_dir / "config.yaml", config_yaml(self.cfg))
+            self._save_state()
 
     # ----------------------------------------------------------------------------------------- resources
     @property
@@ -143,10 +153,13 @@ class RunContext:
     def generator(self, *labels: object) -> torch.Generator:
         return torch.Generator().manual_seed(derive_seed(self.cfg.seed, *labels))
 
+    def message(self, text: str) -> None:
+        self.tracker.log("message", text=text)
+
     # ----------------------------------------------------------------------------------------- stages
     def completed(self, key: str) -> StageResult | None:
         data = self.state["completed"].get(key)
-        return StageResult.from_dict(data) if data is not None else None
+        return StageResult.from_dict(data).settle() if data is not None else None
 
     def train(
         self,
@@ -170,6 +183,7 @@ class RunContext:
             if weights.exists():
                 unwrap(model).load_state_dict(torch.load(weights, map_location=self.device, weights_only=True))
             return done
+        preemption.stop_if_requested(f"before {stage.key}")
         trainer = Trainer(
             model,
             self.data,
@@ -191,6 +205,33 @@ class RunContext:
         self.state["completed"][stage.key] = result.to_dict()
         self._save_state()
         distributed.barrier()  # files written by rank 0 are visible to every rank before anyone reads them
+        return result
+
+    def evaluate(
+        self, model: nn.Module, key: str, round_index: int, *, density: float = 1.0, phase: str = "evaluate"
+    ) -> StageResult:
+        """Validation and test figures of ``model`` as it is, without training (e.g. a network just pruned with no
+        fine-tuning): computed once and kept in ``state.json``, so a resumed run reads them back."""
+        done = self.completed(key)
+        if done is not None:
+            return done
+        evaluator = Trainer(
+            model, self.data, optim=self.cfg.optim, trainer=dataclasses.replace(self.cfg.trainer, compile=False)
+        )
+        val, test = evaluator.evaluate("val"), evaluator.evaluate("test")
+        result = StageResult(key, round_index, phase, density)
+        if val is not None:
+            result.best_epoch = 0
+            result.best_val_loss, result.best_val_acc = val
+            result.final_val_loss, result.final_val_acc = val
+        if test is not None:
+            result.final_test_loss, result.final_test_acc = test
+            result.best_val_test_acc = test[1] if val is not None else None
+        result.settle()
+        self.tracker.log("evaluation", **result.to_dict())
+        self.state["completed"][key] = result.to_dict()
+        self._save_state()
+        distributed.barrier()
         return result
 
     def forward_module(self, model: nn.Module) -> nn.Module:
@@ -218,7 +259,7 @@ class RunContext:
         for which in ("final", "best"):
             self.weights_path(key, which).unlink(missing_ok=True)
 
-    # ----------------------------------------------------------------------------------------- masks and notes
+    # ----------------------------------------------------------------------------------------- masks
     def mask_path(self, name: str) -> Path:
         return self.output_dir / "masks" / f"{name}.pt"
 
@@ -234,6 +275,39 @@ class RunContext:
         distributed.barrier()
         return mask
 
+    def mask(
+        self,
+        name: str,
+        compute: Callable[[], Mask],
+        *,
+        round: int | None = None,  # noqa: A002
+        step: int | None = None,
+        **fields: Any,
+    ) -> Mask:
+        """The mask ``name``: read back when an earlier attempt saved it, else ``compute()``-d, agreed by every rank,
+        saved, and (with ``round``) logged as that round's prune event with ``fields``."""
+        saved = self.saved_mask(name)
+        if saved is not None:
+            return saved
+        mask = self.save_mask(name, compute())
+        if round is not None:
+            self.log_prune(mask, round=round, step=step, **fields)
+        return mask
+
+    def log_prune(self, mask: Mask, *, round: int, step: int | None = None, **fields: Any) -> None:  # noqa: A002
+        """The one ``prune`` record: round, optimizer step (pruning during training), exact kept count, density
+        and per-layer densities, plus method-specific ``fields``."""
+        self.tracker.log(
+            "prune",
+            round=round,
+            step=step,
+            density=mask.density(),
+            kept=mask.num_kept(),
+            total=mask.numel(),
+            layer_densities=mask.layer_densities(),
+            **fields,
+        )
+
     def save_state_tensors(self, name: str, payload: Any) -> None:
         """Written by rank 0 (call it on every rank: it synchronises them)."""
         if distributed.is_main():
@@ -244,9 +318,50 @@ class RunContext:
         path = self.output_dir / "checkpoints" / f"{name}.pt"
         return torch.load(path, map_location=self.device, weights_only=False) if path.exists() else None
 
-    def write_summary(self, summary: dict[str, Any]) -> None:
+    # ----------------------------------------------------------------------------------------- summary
+    def header(self, total: int) -> dict[str, Any]:
+        cfg = self.cfg
+        return {
+            "method": cfg.method.name,
+            "model": cfg.model.name,
+            "dataset": cfg.dataset.name,
+            "seed": cfg.seed,
+            "target_sparsity": cfg.sparsity.target,
+            "scope": cfg.sparsity.scope,
+            "prunable_weights": total,
+        }
+
+    def write_summary(
+        self,
+        total: int,
+        *,
+        results: Iterable[StageResult],
+        final: StageResult | None,
+        kept: int,
+        round_index: int,
+        rounds: Iterable[RoundSummary] = (),
+        controls: Mapping[str, StageResult] | None = None,
+        details: Mapping[str, Any] | None = None,
+        complete: bool,
+        ticket_found_epoch: int | None = None,
+    ) -> Summary:
+        """Build the run's :class:`~lth_runner.summary.Summary` (see :func:`lth_runner.summary.build_summary`) and
+        write it to ``summary.json``; returns it."""
+        summary = build_summary(
+            self.header(total),
+            results=results,
+            final=final,
+            kept=kept,
+            round_index=round_index,
+            rounds=rounds,
+            controls=controls,
+            details=details,
+            complete=complete,
+            ticket_found_epoch=ticket_found_epoch,
+        )
         if distributed.is_main():
-            write_json_atomic(self.output_dir / "summary.json", summary)
+            write_json_atomic(self.output_dir / "summary.json", summary.to_dict())
+        return summary
 
     def close(self, failed: bool = False) -> None:
         """Close every sink (W&B runs are finished, with a failure exit code when the run raised)."""
@@ -257,25 +372,32 @@ class RunContext:
         if distributed.is_main():
             write_json_atomic(self.state_path, self.state)
 
-    def _check_resume_config(self) -> None:
-        """Refuse to resume a directory whose run computed something else."""
-        fingerprint = resume_fingerprint(self.cfg)
-        previous = self.state.get("fingerprint")
-        if self.resumed and previous is not None and previous != fingerprint:
-            changed = sorted(k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k))
-            shown = ", ".join(f"{k}: {previous.get(k)!r} -> {fingerprint.get(k)!r}" for k in changed[:3])
-            more = f" (+{len(changed) - 3} more)" if len(changed) > 3 else ""
-            raise UserError(
-                f"{self.output_dir} holds a run with a different configuration ({shown}{more}); "
-                f"re-run with the same settings to resume, or choose another hydra.run.dir"
-            )
-        self.state["fingerprint"] = fingerprint
-        self._save_state()
-
 
 def resume_fingerprint(cfg: RunConfig) -> dict[str, Any]:
+    """The configuration keys that change what a run computes (all but :data:`RESULT_NEUTRAL_KEYS`)."""
     flat = flatten(dataclasses.asdict(cfg))
-    return {k: v for k, v in flat.items() if not any(k == n or k.startswith(n + ".") for n in _RESUME_NEUTRAL)}
+    return {k: v for k, v in flat.items() if not is_result_neutral(k)}
+
+
+def config_yaml(cfg: RunConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.create(dataclasses.asdict(cfg)))
+
+
+# --------------------------------------------------------------------------------------------- process set-up
+def prepare_process(cfg: RunConfig) -> torch.device:
+    """Once per process, before any run: pick the device, join the process group the environment describes, and
+    set torch's threads and kernel flags. Returns the device."""
+    device = select_device(cfg.trainer.device)
+    distributed.setup(device.type)
+    check_distributed(cfg, device)
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(cfg.trainer.num_threads)
+    if cfg.trainer.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return device
 
 
 def check_distributed(cfg: RunConfig, device: torch.device) -> None:
@@ -295,10 +417,6 @@ def check_distributed(cfg: RunConfig, device: torch.device) -> None:
         )
 
 
-def config_yaml(cfg: RunConfig) -> str:
-    return OmegaConf.to_yaml(OmegaConf.create(dataclasses.asdict(cfg)))
-
-
 def select_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
@@ -314,27 +432,30 @@ def select_device(name: str) -> torch.device:
     return device
 
 
-def configure_torch(cfg: RunConfig) -> None:
-    if cfg.trainer.num_threads:
-        torch.set_num_threads(cfg.trainer.num_threads)
-    if cfg.trainer.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    elif torch.cuda.is_available():
-        torch.backends.cudnn.benchmark = True
+# --------------------------------------------------------------------------------------------- the run
+def run_experiment(cfg: RunConfig, output_dir: str | Path, *, console: ConsoleReporter | None = None) -> Summary:
+    """Run ``cfg.method`` in ``output_dir`` (resuming whatever is there) and return its summary.
 
-
-def run_experiment(cfg: RunConfig, output_dir: str | Path) -> dict[str, Any]:
-    """Run ``cfg.method`` in ``output_dir`` (resuming whatever is there) and return its summary."""
-    from lth_runner.methods import METHODS
+    Order: process set-up, resume check and data (nothing written yet), then the run's files, Weights & Biases,
+    and the method. A signal (Ctrl-C, SIGTERM, the scheduler's warning) ends it with a checkpoint
+    (:class:`lth_runner.preemption.Interrupted`)."""
+    from lth_runner.catalog import METHODS
 
     method = METHODS.get(cfg.method.name)
-    run = RunContext(cfg, output_dir)
+    device = prepare_process(cfg)
+    run = RunContext(cfg, output_dir, device=device, console=console)
     try:
         with preemption.guard():
+            run.check_resume()
+            run.data  # noqa: B018 (load now: a missing dataset is reported before any file is written)
+            run.begin()
+            if distributed.is_main() and wandb_enabled(cfg.logger.wandb):
+                from lth_runner.tracking.wandb_sink import WandbSink
+
+                run.tracker.sinks.append(WandbSink.create(run))
             summary = method(run)
-        if distributed.is_main():
-            report_end(run, summary)
+            if distributed.is_main():
+                report_end(run, summary)
     except BaseException:
         run.close(failed=True)
         raise
@@ -342,30 +463,50 @@ def run_experiment(cfg: RunConfig, output_dir: str | Path) -> dict[str, Any]:
     return summary
 
 
+def holds_results(output_dir: str | Path) -> bool:
+    """Whether ``output_dir`` holds anything a re-run would resume from (finished stages, checkpoints, masks, a
+    summary); the configuration and the logs of an attempt that failed before that do not count."""
+    path = Path(output_dir)
+    if any((path / name).exists() for name in ("summary.json", "checkpoints", "masks")):
+        return True
+    try:
+        return bool(json.loads((path / "state.json").read_text()).get("completed"))
+    except (OSError, ValueError):
+        return False
+
+
+def remove_failed_run(output_dir: str | Path) -> None:
+    """Remove a run directory that a failed first attempt created and filled with nothing worth keeping."""
+    if not holds_results(output_dir):
+        shutil.rmtree(output_dir, ignore_errors=True)
+
+
 def wandb_enabled(cfg: Any) -> bool:
     mode = os.environ.get("WANDB_MODE", "") if cfg.mode == "auto" else cfg.mode
     return mode != "disabled"
 
 
-def report_end(run: RunContext, summary: dict[str, Any]) -> None:
+def report_end(run: RunContext, summary: Summary) -> None:
     """Final table on the console, a plot, and a ``run_end`` event."""
-    title = f"{summary.get('method')} | {summary.get('model')} | {summary.get('dataset')}"
-    if summary.get("rounds"):
+    title = f"{summary.method} | {summary.model} | {summary.dataset}"
+    if len(summary.rounds) > 1:
         _rounds_table(run, summary, title)
     else:
-        stages = summary.get("cost", {}).get("epochs_per_stage", {})
+        stages = summary.cost.epochs_per_stage
         run.console.table(f"{title} (epochs per stage)", ["stage", "epochs"], [[k, v] for k, v in stages.items()])
-    final = summary.get("final", {})
-    run.console.print(
-        f"final: density {_pct(final.get('density'))}%, test accuracy {_pct(final.get('test_acc'))}% "
-        f"at the best validation epoch, {_pct(final.get('final_test_acc'))}% at the last epoch"
-    )
+    final = summary.final
+    if final is not None:
+        controls = "".join(f", {name} {_pct(c.test_acc)}%" for name, c in final.controls.items())
+        run.console.print(
+            f"final: density {_pct(final.density)}%, test accuracy {_pct(final.test_acc)}% "
+            f"({_where(final.selection)}), {_pct(final.final_test_acc)}% at the last epoch{controls}"
+        )
     plot = None
     if run.cfg.logger.plots:
         from lth_runner import plots
 
         plots_dir = run.output_dir / "plots"
-        if summary.get("rounds"):
+        if len(summary.rounds) > 1:
             plot = str(plots.accuracy_vs_density(summary, plots_dir / "accuracy_vs_density.png"))
         else:
             records = read_jsonl(run.output_dir / "metrics.jsonl")
@@ -374,28 +515,27 @@ def report_end(run: RunContext, summary: dict[str, Any]) -> None:
         "run_end",
         summary=str(run.output_dir / "summary.json"),
         plot=plot,
-        status=summary.get("status"),
-        cost=summary.get("cost"),
+        status=summary.status,
+        cost=dataclasses.asdict(summary.cost),
     )
     run.console.print(f"results: {run.output_dir / 'summary.json'}" + (f", plot: {plot}" if plot else ""))
 
 
-def _rounds_table(run: RunContext, summary: dict[str, Any], title: str) -> None:
+def _rounds_table(run: RunContext, summary: Summary, title: str) -> None:
     columns = ["round", "density %", "ticket test %", "ticket final %"]
-    controls = sorted({name for r in summary["rounds"] for name in r["controls"]})
+    controls = sorted({name for r in summary.rounds for name in r.controls})
     columns += [f"{name} test %" for name in controls]
     rows = []
-    for entry in summary["rounds"]:
-        ticket = entry["ticket"]
-        row = [
-            entry["round"],
-            f"{100 * entry['density']:.2f}",
-            _pct(ticket["best_val_test_acc"]),
-            _pct(ticket["final_test_acc"]),
-        ]
-        row += [_pct(entry["controls"][c]["best_val_test_acc"]) if c in entry["controls"] else "-" for c in controls]
+    for entry in summary.rounds:
+        ticket = entry.ticket
+        row = [entry.round, f"{100 * entry.density:.2f}", _pct(ticket.test_acc), _pct(ticket.final_test_acc)]
+        row += [_pct(entry.controls[c].test_acc) if c in entry.controls else "-" for c in controls]
         rows.append(row)
     run.console.table(f"{title} (test accuracy at the best validation epoch)", columns, rows)
+
+
+def _where(selection: str | None) -> str:
+    return "at the best validation epoch" if selection == "best_val" else "at the last epoch"
 
 
 def _pct(value: float | None) -> str:

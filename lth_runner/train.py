@@ -1,7 +1,9 @@
 """``lth-run``: the command-line entry point, the only place a Hydra app runs. The run itself is
 :func:`lth_runner.session.run_experiment`, usable without Hydra.
 
-This module imports no torch at import time, so ``lth-run --help`` and ``lth-run --cfg job`` answer quickly.
+Before Hydra starts (and before torch is imported) the whole command is checked (:func:`lth_runner.cli.preflight`)
+and ``--help`` is answered (:func:`lth_runner.cli.help_text`), so a mistake costs a second, not a run folder. A run
+that fails on bad input or data, or is interrupted before it saved anything, removes the folder it was given.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import hydra
 from omegaconf import DictConfig
 
 from lth_runner.config.compose import config_dir, quote_numeric_choices
-from lth_runner.config.schema import register_configs
 from lth_runner.errors import UserError
 
 
@@ -24,15 +25,25 @@ def _hydra_task(cfg: DictConfig) -> Any:
     from hydra.core.hydra_config import HydraConfig
 
     from lth_runner.config.validate import build_run_config
-    from lth_runner.session import run_experiment
+    from lth_runner.preemption import Interrupted
+    from lth_runner.session import holds_results, remove_failed_run, run_experiment
 
+    output_dir = HydraConfig.get().runtime.output_dir
+    fresh = not holds_results(output_dir)
     try:
-        run_cfg = build_run_config(cfg)
-        summary = run_experiment(run_cfg, HydraConfig.get().runtime.output_dir)
-    except UserError as err:
-        print(f"lth-run: error: {err}", file=sys.stderr, flush=True)
-        sys.exit(2)
-    return summary.get("final", {}).get("best_val_test_acc")
+        summary = run_experiment(build_run_config(cfg), output_dir)
+    except (UserError, Interrupted, KeyboardInterrupt) as err:
+        if fresh:
+            remove_failed_run(output_dir)
+        if isinstance(err, UserError):  # Hydra would print it with a traceback hint and exit 1
+            _fail(err)
+        raise
+    return summary.final.test_acc if summary.final is not None else None
+
+
+def _fail(err: UserError) -> None:
+    print(f"lth-run: error: {' '.join(str(err).split())}", file=sys.stderr, flush=True)
+    sys.exit(2)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
@@ -72,16 +83,30 @@ def edge_overrides(args: list[str], environ: dict[str, str]) -> list[str]:
 
 
 def main() -> None:
+    from lth_runner import cli
+    from lth_runner.preemption import Interrupted
+
     warnings.showwarning = _one_line_warning
     args = quote_numeric_choices(sys.argv[1:])
+    command = cli.split_command(args)
+    if command.wants_help:
+        sys.stdout.write(cli.help_text(command.overrides))
+        return
+    args = [a if a != "--hydra-help" else "--help" for a in args]
     try:
         args += edge_overrides(args, dict(os.environ))
+        if command.runs:
+            cli.preflight(command.overrides, multirun=command.multirun)
+        sys.argv = [sys.argv[0], *args]
+        _hydra_task()
     except UserError as err:
-        print(f"lth-run: error: {err}", file=sys.stderr, flush=True)
-        sys.exit(2)
-    sys.argv = [sys.argv[0], *args]
-    register_configs()
-    _hydra_task()
+        _fail(err)
+    except Interrupted as stop:
+        print(f"lth-run: {stop.message}", file=sys.stderr, flush=True)
+        sys.exit(stop.code)
+    except KeyboardInterrupt:
+        print("lth-run: interrupted", file=sys.stderr, flush=True)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

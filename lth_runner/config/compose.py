@@ -38,9 +38,6 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
     """The configuration ``lth-run OVERRIDES`` would run (without the ``hydra`` section's runtime fields)."""
     from hydra import compose, initialize_config_dir
 
-    from lth_runner.config.schema import register_configs
-
-    register_configs()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return compose(config_name="config", overrides=quote_numeric_choices(list(overrides or [])))
 
@@ -65,6 +62,27 @@ def subdir_name(num: int | str, overrides: str = "") -> str:
     return name
 
 
+def neutral_override_keys() -> list[str]:
+    """Every override key that names a result-neutral setting (``logger``, ``logger.wandb.mode``, ...): what
+    multirun job folder names leave out (Hydra's ``override_dirname.exclude_keys`` wants exact keys)."""
+    import dataclasses
+    import typing
+
+    from lth_runner.config.schema import RunConfig, is_result_neutral
+
+    def keys(schema: type, prefix: str = "") -> list[str]:
+        found, hints = [], typing.get_type_hints(schema)
+        for spec in dataclasses.fields(schema):
+            key = f"{prefix}{spec.name}"
+            found.append(key)
+            nested = hints.get(spec.name)
+            if isinstance(nested, type) and dataclasses.is_dataclass(nested):
+                found += keys(nested, key + ".")
+        return found
+
+    return [key for key in keys(RunConfig) if is_result_neutral(key)]
+
+
 def register_resolvers() -> None:
     """OmegaConf resolvers the configs use (idempotent). Called on import of :mod:`lth_runner.config`, so a SLURM
     job unpickling the Hydra launcher has them before it resolves its output directory."""
@@ -74,6 +92,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("lth_subdir", subdir_name)
     if not OmegaConf.has_resolver("lth_gpus"):
         OmegaConf.register_new_resolver("lth_gpus", gpus_per_node)
+    if not OmegaConf.has_resolver("lth_neutral_keys"):
+        OmegaConf.register_new_resolver("lth_neutral_keys", neutral_override_keys)
 
 
 def gpus_per_node(device: str, devices: int) -> int | None:

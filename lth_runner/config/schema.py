@@ -1,8 +1,9 @@
 """Typed configuration schemas: one dataclass per config group, registered in Hydra's ConfigStore.
 
 The core library takes these dataclasses, not Hydra objects. Every field that has a limited range or a fixed set
-of values says so in its metadata (``ge``/``gt``/``le``/``lt``/``choices``); :mod:`lth_runner.config.validate`
-enforces it and reports a violation as one line naming the key, the value and what is accepted.
+of values says so in its metadata (``ge``/``gt``/``le``/``lt``/``choices``, or ``registry``: a name that must be
+registered there); :mod:`lth_runner.config.validate` enforces it and reports a violation as one line naming the key,
+the value and what is accepted. ``help`` is the one-line description ``lth-run --help`` shows.
 
 This module imports neither torch nor anything heavy, so ``lth-run --help`` stays fast.
 """
@@ -14,23 +15,69 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from lth_runner.errors import ConfigError
 
-def option(default: Any = MISSING, *, factory: Any = None, **checks: Any) -> Any:
-    """A dataclass field with validation metadata (``ge``, ``gt``, ``le``, ``lt``, ``choices``, ``items``)."""
+
+def option(default: Any = MISSING, *, factory: Any = None, help: str = "", **checks: Any) -> Any:  # noqa: A002
+    """A dataclass field with a description and validation metadata (``ge``, ``gt``, ``le``, ``lt``, ``choices``,
+    ``items``, ``registry``)."""
+    metadata = {**checks, "help": help} if help else checks
     if factory is not None:
-        return field(default_factory=factory, metadata=checks)
-    return field(default=default, metadata=checks)
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 # --------------------------------------------------------------------------------------------------- model
 @dataclass
 class ModelConfig:
     """``arch`` selects the builder in the model registry; every other key is passed to it as a keyword argument
-    (checked against the builder's signature). ``name`` is the display name (for ``arch=timm``, the timm model)."""
+    (checked against the builder's option schema). ``name`` is the display name (for ``arch=timm``, the timm
+    model)."""
 
     arch: str = MISSING
     name: str = MISSING
     kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+# Option schemas of the built-in model builders (``model.<key>``). They mirror the builders' keyword parameters
+# (tests/test_models.py checks that they agree), so that options are checked without importing torch.
+INITS = ("kaiming_normal", "glorot_normal")
+
+
+@dataclass
+class InitOptions:
+    init: str = option("kaiming_normal", choices=INITS, help="weight initialisation")
+
+
+@dataclass
+class MLPOptions:
+    hidden: list[int] = option(factory=lambda: [100, 100], items=dict(ge=1), help="hidden layer widths")
+    batch_norm: bool = option(False, help="BatchNorm after every hidden layer")
+    dropout: float = option(0.0, ge=0.0, lt=1.0, help="dropout after every hidden layer")
+    init: str = option("kaiming_normal", choices=INITS, help="weight initialisation")
+
+
+@dataclass
+class WidthMultOptions:
+    width_mult: float = option(1.0, gt=0.0, help="scales every layer's channels")
+
+
+@dataclass
+class ResNetOptions:
+    stem: str = option("auto", choices=("auto", "cifar", "imagenet"), help="input stem (auto: cifar up to 64 px)")
+    width: int = option(64, ge=1, help="planes of the first stage")
+
+
+@dataclass
+class CifarResNetOptions:
+    width: int = option(16, ge=1, help="planes of the first stage (16 in He et al.)")
+
+
+@dataclass
+class WideResNetOptions:
+    depth: int = option(28, ge=10, help="6n+4 layers")
+    width: int = option(10, ge=1, help="widening factor k")
+    dropout: float = option(0.0, ge=0.0, lt=1.0, help="dropout inside blocks")
 
 
 # ------------------------------------------------------------------------------------------------- dataset
@@ -39,53 +86,54 @@ class DatasetConfig:
     """Fields shared by every dataset; loaders add their own in a subclass."""
 
     name: str = MISSING
-    root: str | None = None  # None: <paths.data_root>/<dataset name>
-    val_size: float = option(0.1, ge=0.0)  # < 1: fraction of the training set; >= 1: number of examples
-    split_seed: int = option(0, ge=0)  # fixed across run seeds so every seed sees the same val/test split
-    train_subset: int | None = option(None, ge=1)  # keep only this many training examples (quick runs)
-    augment: bool = False  # random crop (with padding) + horizontal flip, image data only
-    crop_padding: int = option(4, ge=0)
-    download: bool = True  # download when the files are missing and the network is reachable
-    placement: str = option("auto", choices=("auto", "device", "cpu"))  # where in-memory tensors live
+    root: str | None = option(None, help="folder holding the files (null: <paths.data_root>/<dataset name>)")
+    val_size: float = option(0.1, ge=0.0, help="held out of training: a fraction (< 1) or a count (>= 1)")
+    split_seed: int = option(0, ge=0, help="seed of the validation split (fixed across run seeds)")
+    train_subset: int | None = option(None, ge=1, help="keep only this many training examples (quick runs)")
+    test_subset: int | None = option(None, ge=1, help="evaluate on only this many test examples (quick runs)")
+    augment: bool = option(False, help="random crop (with padding) + horizontal flip, image data only")
+    crop_padding: int = option(4, ge=0, help="padding of the random crop")
+    download: bool = option(True, help="download missing files when online")
+    placement: str = option("auto", choices=("auto", "device", "cpu"), help="where in-memory tensors live")
 
 
 @dataclass
 class Mnist1dConfig(DatasetConfig):
-    num_samples: int = option(5000, ge=100)  # generated in total; mnist1d's train_split decides the test part
-    train_split: float = option(0.8, gt=0.0, lt=1.0)
-    generator_seed: int = option(42, ge=0)  # mnist1d's own seed (its default, so data match the paper's)
+    num_samples: int = option(5000, ge=100, help="examples generated in total")
+    train_split: float = option(0.8, gt=0.0, lt=1.0, help="mnist1d's train fraction")
+    generator_seed: int = option(42, ge=0, help="mnist1d's own seed (its default, so data match the paper's)")
 
 
 @dataclass
 class MnistConfig(DatasetConfig):
-    test_holdout: int = option(2000, ge=1)  # used only when the folder holds just the 10k test files
+    test_holdout: int = option(2000, ge=1, help="test examples when the folder holds only the 10k test files")
 
 
 @dataclass
 class CifarConfig(DatasetConfig):
-    augment: bool = True
-    verify_checksums: bool = True  # md5 of the canonical archive; turn off for re-encoded copies
+    augment: bool = option(True, help="random crop (with padding) + horizontal flip")
+    verify_checksums: bool = option(True, help="md5 of the canonical files, or of a copy with recorded provenance")
 
 
 @dataclass
 class ImageFolderConfig(DatasetConfig):
-    train_dir: str = "train"
-    test_dir: str = "val"
-    image_size: int = option(64, ge=8)
-    resize: int | None = option(None, ge=8)  # shorter side before the centre crop at evaluation
+    train_dir: str = option("train", help="training folder under root (one sub-folder per class)")
+    test_dir: str = option("val", help="test folder under root")
+    image_size: int = option(64, ge=8, help="crop size")
+    resize: int | None = option(None, ge=8, help="shorter side before the centre crop at evaluation")
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
-    num_workers: int = option(4, ge=0)
+    num_workers: int = option(4, ge=0, help="DataLoader worker processes")
 
 
 @dataclass
 class SyntheticConfig(DatasetConfig):
-    shape: list[int] = option(factory=lambda: [3, 32, 32], items=dict(ge=1))
-    num_classes: int = option(10, ge=2)
-    train_size: int = option(512, ge=2)
-    test_size: int = option(256, ge=1)
-    dtype: str = option("uint8", choices=("uint8", "float32"))
-    seed: int = option(0, ge=0)
+    shape: list[int] = option(factory=lambda: [3, 32, 32], items=dict(ge=1), help="shape of one example")
+    num_classes: int = option(10, ge=2, help="number of classes")
+    train_size: int = option(512, ge=2, help="training examples")
+    test_size: int = option(256, ge=1, help="test examples")
+    dtype: str = option("uint8", choices=("uint8", "float32"), help="uint8 (image-like) or float32 features")
+    seed: int = option(0, ge=0, help="seed of the random tensors")
 
 
 # -------------------------------------------------------------------------------------------------- method
@@ -94,71 +142,133 @@ class MethodConfig:
     """Fields shared by every method; each method registers its own subclass."""
 
     name: str = MISSING
+    controls: list[str] = option(
+        factory=list,
+        items=dict(registry="controls"),
+        help="controls trained beside the ticket: reinit (same mask, fresh init), random_prune (random mask)",
+    )
+
+    def check(self, run: RunConfig) -> None:
+        """Cross-field checks against the whole configuration (raise a ConfigError); run before anything starts."""
 
 
 @dataclass
 class LTHConfig(MethodConfig):
     """Lottery ticket hypothesis (Frankle & Carbin 2019; late rewinding: Frankle et al. 2020)."""
 
-    criterion: str = "magnitude"  # pruning criterion registry key
-    rewind_to: int = option(0, ge=0)  # 0: original initialisation; k: state after k epochs/iterations
-    rewind_unit: str = option("epoch", choices=("epoch", "iteration"))
-    prune_from: str = option("final", choices=("final", "best_val"))  # which trained weights are ranked
-    controls: list[str] = option(factory=list, items=dict(choices=("reinit", "random_prune")))
-    control_rounds: str = option("all", choices=("all", "last"))
+    criterion: str = option("magnitude", registry="criteria", help="pruning criterion (magnitude, random, ...)")
+    rewind_to: int = option(0, ge=0, help="0: rewind to the initialisation; k: to the state after k epochs/its")
+    rewind_unit: str = option("epoch", choices=("epoch", "iteration"), help="unit of rewind_to")
+    prune_from: str = option("final", choices=("final", "best_val"), help="which trained weights are ranked")
+    control_rounds: str = option("all", choices=("all", "last"), help="rounds that train the controls")
+
+    def check(self, run: RunConfig) -> None:
+        if self.rewind_unit == "epoch" and self.rewind_to >= run.trainer.epochs:
+            raise ConfigError(
+                "method.rewind_to",
+                self.rewind_to,
+                f"fewer than the {run.trainer.epochs} epochs of training (trainer.epochs={run.trainer.epochs})",
+            )
 
 
 @dataclass
 class UniLTHConfig(MethodConfig):
     """UniLTH / UniDLTH (seed 000, Algorithm 1): early stopping + rewind, then pruning under a growing penalty."""
 
-    patience: int = option(2, ge=1)  # phi: stage 1 stops when validation loss has not improved for this many epochs
-    min_delta: float = option(0.0, ge=0.0)
-    rewind: int = option(2, ge=0)  # xi: stage 2 starts from the state this many epochs before the stop
-    stage1_max_epochs: int | None = option(None, ge=1)  # cap on stage 1 (null: trainer.epochs)
-    stage2_epochs: int | None = option(None, ge=1)  # E of the laws (null: what remains of trainer.epochs)
-    reset_after_prune: bool = False  # Sec. 3.3 "train, prune, reset" instead of Algorithm 1's continuous stage 2
-    rewind_optimizer: bool = False  # restore the optimizer state of the rewind epoch too
-    rewind_schedule: bool = True  # the learning-rate schedule continues from the rewind epoch (else restarts)
-    weight_decay: str = option("none", choices=("none", "stage2", "both"))  # where optim.weight_decay applies
-    finetune_epochs: int = option(0, ge=0)  # after the last pruning event, without penalty
-    criterion: str = "magnitude"
+    patience: int = option(2, ge=1, help="phi: stage 1 stops when val loss has not improved for this many epochs")
+    min_delta: float = option(0.0, ge=0.0, help="smallest decrease of val loss that counts as an improvement")
+    rewind: int = option(2, ge=0, help="xi: stage 2 starts from the state this many epochs before the stop")
+    stage1_max_epochs: int | None = option(None, ge=1, help="cap on stage 1 (null: trainer.epochs)")
+    stage2_epochs: int | None = option(None, ge=1, help="E of the laws (null: what remains of trainer.epochs)")
+    last_event: str = option(
+        "before_end",
+        choices=("before_end", "at_end"),
+        help="before_end: psi events split stage 2 into psi+1 intervals, the last trains the final mask; "
+        "at_end: Algorithm 1 as printed (the last event at the last step)",
+    )
+    reset_after_prune: bool = option(False, help="Sec. 3.3 'train, prune, reset' instead of one continuous stage 2")
+    rewind_optimizer: bool = option(False, help="restore the optimizer state of the rewind epoch too")
+    rewind_schedule: bool = option(True, help="the learning-rate schedule continues from the rewind epoch")
+    weight_decay: str = option(
+        "none", choices=("none", "stage2", "both"), help="stages where optim.weight_decay applies besides the penalty"
+    )
+    finetune_epochs: int = option(0, ge=0, help="epochs trained after stage 2 without penalty")
+    criterion: str = option("magnitude", registry="criteria", help="pruning criterion")
 
 
 @dataclass
 class DLTHConfig(MethodConfig):
     """DLTH / DLTH-Iter (Bai et al. 2022, random sparse network transformation, RST)."""
 
-    grow_epochs: int | None = option(None, ge=1)  # penalty rises to its ceiling (null: 30% of trainer.epochs)
-    stabilize_epochs: int | None = option(None, ge=0)  # penalty held at the ceiling (null: 20% of trainer.epochs)
-    finetune_epochs: int | None = option(None, ge=0)  # after pruning (null: the rest of trainer.epochs)
-    finetune_restart: bool = True  # fine-tune with a fresh optimizer and learning-rate schedule
+    grow_epochs: int | None = option(None, ge=1, help="penalty rises to its ceiling (null: 30% of trainer.epochs)")
+    stabilize_epochs: int | None = option(None, ge=0, help="penalty held at the ceiling (null: 20% of epochs)")
+    finetune_epochs: int | None = option(None, ge=0, help="after the removal (null: the rest of trainer.epochs)")
+    finetune_restart: bool = option(True, help="fine-tune with a fresh optimizer and learning-rate schedule")
+    transform_lr: float | None = option(None, gt=0.0, help="learning rate of the penalty phase (null: optim.lr)")
+    transform_batch_size: int | None = option(None, ge=1, help="batch size of the penalty phase (null: trainer's)")
+    transform_schedule: str | None = option(
+        None, registry="schedules", help="learning-rate schedule of the penalty phase (null: optim.scheduler.name)"
+    )
+    zero_between_cycles: bool = option(True, help="dlth_iter: remove each cycle's set when the cycle ends")
+    finetune_between_cycles: bool = option(True, help="dlth_iter: fine-tune after every cycle (else once at the end)")
+
+    def check(self, run: RunConfig) -> None:
+        custom = [k for k in ("transform_lr", "transform_batch_size", "transform_schedule") if getattr(self, k)]
+        if not self.finetune_restart and custom:
+            raise ConfigError(
+                "method.finetune_restart",
+                False,
+                f"true with method.{custom[0]} set (continuing the penalty phase's optimizer and schedule into the "
+                f"fine-tune needs one recipe for both)",
+            )
+        if self.finetune_between_cycles and not self.zero_between_cycles:
+            raise ConfigError(
+                "method.finetune_between_cycles",
+                True,
+                "false with method.zero_between_cycles=false (a fine-tune trains a pruned network)",
+            )
+        phases = (self.grow_epochs or 0) + (self.stabilize_epochs or 0)
+        if self.finetune_epochs is None and self.grow_epochs is not None and phases > run.trainer.epochs:
+            raise ConfigError(
+                "method.finetune_epochs",
+                None,
+                f"an explicit number of epochs (grow_epochs + stabilize_epochs = {phases} exceed "
+                f"trainer.epochs={run.trainer.epochs})",
+            )
 
 
 @dataclass
 class EarlyBirdConfig(MethodConfig):
     """Early-Bird tickets (You et al. 2020): find the mask early in dense training, prune, retrain."""
 
-    detect: str = option("distance", choices=("distance", "fixed_epoch"))
-    threshold: float = option(0.1, ge=0.0, le=1.0)  # max normalised Hamming distance to the older masks
-    window: int = option(5, ge=2)  # FIFO of the last masks (the newest is compared with the others)
-    fixed_fraction: float = option(0.125, gt=0.0, le=1.0)  # fixed_epoch: the ticket is drawn at this fraction of E
-    granularity: str = option("weight", choices=("weight", "channel"))
-    bn_l1: float = option(1e-4, ge=0.0)  # channel variant: L1 penalty on BatchNorm scales during the search
-    # init: the original initialisation (a lottery ticket, seed 000's "EB for LTH"); eb: the weights at detection;
-    # reinit: a fresh random initialisation (what the reference code's retraining scripts do)
-    retrain_from: str = option("init", choices=("init", "eb", "reinit"))
-    retrain_epochs: int | None = option(None, ge=1)  # null: trainer.epochs
+    detect: str = option("distance", choices=("distance", "fixed_epoch"), help="how the ticket epoch is chosen")
+    threshold: float = option(0.1, ge=0.0, le=1.0, help="max normalised Hamming distance to the older masks")
+    window: int = option(5, ge=2, help="FIFO of the last masks (the newest is compared with the others)")
+    fixed_fraction: float = option(0.125, gt=0.0, le=1.0, help="fixed_epoch: the ticket epoch as a fraction of E")
+    fixed_epoch: int | None = option(None, ge=1, help="fixed_epoch: the ticket epoch itself (wins over the fraction)")
+    granularity: str = option("weight", choices=("weight", "channel"), help="unstructured weights or BN channels")
+    bn_l1: float = option(1e-4, ge=0.0, help="channel variant: L1 penalty on BatchNorm scales during the search")
+    retrain_from: str = option(
+        "init", choices=("init", "eb", "reinit"), help="retrain from the initialisation, the EB weights, or afresh"
+    )
+    retrain_epochs: int | None = option(None, ge=1, help="retraining epochs (null: trainer.epochs)")
+
+    def check(self, run: RunConfig) -> None:
+        if self.detect == "fixed_epoch" and self.fixed_epoch is not None and self.fixed_epoch > run.trainer.epochs:
+            raise ConfigError("method.fixed_epoch", self.fixed_epoch, f"at most trainer.epochs={run.trainer.epochs}")
 
 
 @dataclass
 class L1Config(MethodConfig):
     """Seed 000's "L1" baseline: magnitude pruning of a pre-trained network, then fine-tuning (Li et al. 2017)."""
 
-    pretrained: str | None = None  # a run directory or a state-dict file; null: train the dense network here
-    structure: str = option("weight", choices=("weight", "filter"))  # per-layer weights, or whole filters by L1
-    finetune_epochs: int | None = option(None, ge=0)  # null: trainer.epochs
-    finetune_lr_scale: float = option(0.1, gt=0.0)  # fine-tuning learning rate = optim.lr * this
+    pretrained: str | None = option(None, help="a run directory or a state-dict file (null: train it here)")
+    structure: str = option("weight", choices=("weight", "filter"), help="per-weight magnitude or whole filters")
+    scope: str | None = option(
+        "layerwise", choices=("layerwise", "global"), help="where weights compete (null: sparsity.scope)"
+    )
+    finetune_epochs: int | None = option(None, ge=0, help="fine-tuning epochs (null: trainer.epochs)")
+    finetune_lr_scale: float = option(0.1, gt=0.0, help="fine-tuning learning rate = optim.lr * this")
 
 
 # --------------------------------------------------------------------------------------------- regularizer
@@ -166,10 +276,10 @@ class L1Config(MethodConfig):
 class RegularizerConfig:
     """The growing L2 penalty ``alpha * ||w_S||^2`` of the regularized methods (seed 000, Sec. 3.3)."""
 
-    name: str = option("none", choices=("none", "linear", "loglaw", "explaw", "tanlaw"))
-    ceiling: float | None = option(None, ge=0.0)  # R_ceil; null: the method's default (docs/methods.md)
-    granularity: str = option("iteration", choices=("iteration", "epoch"))  # how often alpha is updated
-    gradient_scale: float = option(2.0, gt=0.0)  # d/dw alpha*||w||^2 = 2*alpha*w; reference codes often add alpha*w
+    name: str = option("none", registry="laws", help="law of the rise: none, linear, loglaw, explaw, tanlaw")
+    ceiling: float | None = option(None, ge=0.0, help="R_ceil (null: the method's paper default)")
+    granularity: str = option("iteration", choices=("iteration", "epoch"), help="how often alpha is updated")
+    gradient_scale: float = option(2.0, gt=0.0, help="gradient added: scale * alpha * w (2: d/dw of alpha*w^2)")
 
 
 # ------------------------------------------------------------------------------------------------ sparsity
@@ -177,59 +287,64 @@ class RegularizerConfig:
 class SparsityConfig:
     """Where pruning goes. ``target`` is the final sparsity (fraction of prunable weights removed)."""
 
-    target: float = option(0.8, ge=0.0, lt=1.0)
-    scope: str = option("global", choices=("global", "layerwise"))
-    exclude: list[str] = field(default_factory=list)  # fnmatch patterns on parameter names, e.g. "fc3.*"
-    exclude_first: bool = False  # keep the first conv/linear layer dense
-    exclude_last: bool = False  # keep the classifier dense
-    rounds: int = option(10, ge=1)  # pruning rounds (psi) of iterative methods (geometric schedule)
-    schedule: str = option("geometric", choices=("geometric", "fixed_fraction"))
-    rate: float = option(0.2, gt=0.0, lt=1.0)  # fraction of survivors removed per round (fixed_fraction)
+    target: float = option(0.8, ge=0.0, lt=1.0, help="final sparsity: the fraction of prunable weights removed")
+    scope: str = option("global", choices=("global", "layerwise"), help="one ranking across layers, or per layer")
+    exclude: list[str] = option(factory=list, help="fnmatch patterns of layers kept dense, e.g. ['fc3']")
+    exclude_first: bool = option(False, help="keep the first conv/linear layer dense")
+    exclude_last: bool = option(False, help="keep the classifier dense")
+    rounds: int = option(10, ge=1, help="pruning rounds/events of iterative methods (psi)")
+    schedule: str = option(
+        "geometric", choices=("geometric", "fixed_fraction"), help="density r^(i/rounds), or `rate` per round"
+    )
+    rate: float = option(0.2, gt=0.0, lt=1.0, help="fraction of survivors removed per round (fixed_fraction)")
 
 
 # ------------------------------------------------------------------------------------------------ optimizer
 @dataclass
 class SchedulerConfig:
-    name: str = option("constant", choices=("constant", "cosine", "cosine_restarts", "multistep"))
-    warmup_epochs: float = option(0.0, ge=0.0)  # linear warm-up from 0 to lr
-    min_lr: float = option(0.0, ge=0.0)
-    milestones: list[float] = option(factory=list, items=dict(gt=0.0))  # multistep, in epochs
-    gamma: float = option(0.1, gt=0.0)  # multistep decay factor
-    restart_epochs: float = option(10.0, gt=0.0)  # cosine_restarts: length of the first cycle (T_0)
-    restart_mult: float = option(1.0, ge=1.0)  # cosine_restarts: cycle growth (T_mult)
-    granularity: str = option("iteration", choices=("iteration", "epoch"))
+    name: str = option("constant", registry="schedules", help="constant, cosine, cosine_restarts, multistep")
+    warmup_epochs: float = option(0.0, ge=0.0, help="linear warm-up from 0 to lr")
+    min_lr: float = option(0.0, ge=0.0, help="floor of the cosine schedules")
+    milestones: list[float] = option(factory=list, items=dict(gt=0.0), help="multistep: epochs of the decays")
+    gamma: float = option(0.1, gt=0.0, help="multistep decay factor")
+    restart_epochs: float | None = option(
+        None, gt=0.0, help="cosine_restarts: first cycle length T_0 (null: the stage's own length)"
+    )
+    restart_mult: float = option(1.0, ge=1.0, help="cosine_restarts: cycle growth T_mult")
+    granularity: str = option("iteration", choices=("iteration", "epoch"), help="rate updated per step or epoch")
 
 
 @dataclass
 class OptimConfig:
-    name: str = option("sgd", choices=("sgd", "adam", "adamw"))
-    lr: float = option(0.1, gt=0.0)
-    momentum: float = option(0.9, ge=0.0, lt=1.0)
-    nesterov: bool = False
-    weight_decay: float = option(0.0, ge=0.0)
-    betas: list[float] = option(factory=lambda: [0.9, 0.999], items=dict(ge=0.0, lt=1.0))
-    eps: float = option(1e-8, gt=0.0)
+    name: str = option("sgd", registry="optimizers", help="sgd, adam, adamw")
+    lr: float = option(0.1, gt=0.0, help="learning rate")
+    momentum: float = option(0.9, ge=0.0, lt=1.0, help="SGD momentum")
+    nesterov: bool = option(False, help="Nesterov momentum")
+    weight_decay: float = option(0.0, ge=0.0, help="decoupled for adamw, L2 in the gradient otherwise")
+    betas: list[float] = option(factory=lambda: [0.9, 0.999], items=dict(ge=0.0, lt=1.0), help="Adam betas")
+    eps: float = option(1e-8, gt=0.0, help="Adam epsilon")
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
 
 # ------------------------------------------------------------------------------------------------- trainer
 @dataclass
 class TrainerConfig:
-    epochs: int = option(10, ge=1)
-    batch_size: int = option(128, ge=1)
-    eval_batch_size: int = option(1000, ge=1)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    devices: int = option(1, ge=1)  # processes (one per device) per node of a SLURM job; torchrun sets its own
-    precision: str = option("fp32", choices=("fp32", "bf16"))
-    channels_last: bool = False
-    compile: bool = False
-    deterministic: bool = False
-    label_smoothing: float = option(0.0, ge=0.0, lt=1.0)
-    max_grad_norm: float | None = option(None, gt=0.0)
-    eval_test: bool = True  # also evaluate on the test split every epoch (reported, never used for selection)
-    checkpoint_every: int = option(1, ge=1)  # epochs between resume checkpoints
-    keep_round_weights: bool = False  # keep every round's final weights, not only the latest
-    num_threads: int | None = option(None, ge=1)
+    epochs: int = option(10, ge=1, help="epochs per training stage")
+    batch_size: int = option(128, ge=1, help="global batch size (split across DDP ranks)")
+    eval_batch_size: int = option(1000, ge=1, help="batch size of evaluation")
+    device: str = option("auto", help="auto, cpu, cuda, cuda:N or mps")
+    devices: int = option(1, ge=1, help="SLURM: processes (one per device) per node")
+    precision: str = option("fp32", choices=("fp32", "bf16"), help="fp32, or bf16 autocast")
+    channels_last: bool = option(False, help="channels-last memory format (convnets on GPU)")
+    compile: bool = option(False, help="torch.compile the model")
+    deterministic: bool = option(False, help="deterministic kernels (slower)")
+    label_smoothing: float = option(0.0, ge=0.0, lt=1.0, help="label smoothing of the cross-entropy")
+    max_grad_norm: float | None = option(None, gt=0.0, help="gradient clipping (null: off)")
+    eval_test: bool = option(True, help="test accuracy every epoch (else once at the end of each stage)")
+    checkpoint_every: int = option(1, ge=1, help="epochs between resume checkpoints")
+    keep_round_weights: bool = option(False, help="keep every round's final weights, not only the latest")
+    num_threads: int | None = option(None, ge=1, help="CPU threads of torch (null: torch's default)")
+    progress_seconds: float = option(30.0, gt=0.0, help="outside a terminal: a progress line at least this often")
 
 
 # -------------------------------------------------------------------------------------------------- logger
@@ -238,24 +353,24 @@ class WandbConfig:
     """Weights & Biases. ``auto``: ``$WANDB_MODE`` if set, else online with credentials and offline without;
     never prompts. Runs are written under the run's output directory."""
 
-    mode: str = option("auto", choices=("auto", "online", "offline", "disabled"))
-    project: str = "lth-runner"
-    entity: str | None = None
-    group: str | None = None  # null: the sweep directory's name for multirun jobs, none for single runs
-    tags: list[str] = field(default_factory=list)  # added to method/model/dataset/sparsity/seed tags
+    mode: str = option("auto", choices=("auto", "online", "offline", "disabled"), help="W&B mode")
+    project: str = option("lth-runner", help="W&B project")
+    entity: str | None = option(None, help="W&B entity (null: your default)")
+    group: str | None = option(None, help="W&B group (null: the sweep's name for multirun jobs)")
+    tags: list[str] = option(factory=list, help="tags added to method/model/dataset/sparsity/seed")
 
 
 @dataclass
 class LoggerConfig:
-    console: str = option("auto", choices=("auto", "rich", "plain", "none"))
-    plots: bool = True  # accuracy-vs-density plot at the end of a run
+    console: str = option("auto", choices=("auto", "rich", "plain", "none"), help="console output")
+    plots: bool = option(True, help="accuracy plot at the end of a run")
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 @dataclass
 class PathsConfig:
-    output_root: str = "outputs"
-    data_root: str = "data"
+    output_root: str = option("outputs", help="where runs and sweeps are written ($LTH_OUTPUT_ROOT)")
+    data_root: str = option("data", help="where datasets are looked for and cached ($LTH_DATA_ROOT)")
 
 
 # ---------------------------------------------------------------------------------------------------- run
@@ -270,9 +385,36 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
-    seed: int = option(0, ge=0)
-    name: str = "run"
-    plugins: list[str] = field(default_factory=list)  # modules imported at start (they register entries)
+    seed: int = option(0, ge=0, help="run seed (initialisation, data order, random masks)")
+    name: str = option("run", help="run name (the run folder's parent)")
+    plugins: list[str] = option(factory=list, help="modules imported first; they may register entries")
+
+
+# Settings that change how a run is executed, stored or displayed, not what it computes (a key or a prefix of
+# keys). A run resumes across changes of these, the report does not tell runs apart by them, and sweep folder
+# names leave them out.
+RESULT_NEUTRAL_KEYS: tuple[str, ...] = (
+    "name",
+    "plugins",
+    "logger",
+    "paths",
+    "dataset.root",
+    "dataset.download",
+    "dataset.placement",
+    "trainer.device",
+    "trainer.devices",
+    "trainer.num_threads",
+    "trainer.checkpoint_every",
+    "trainer.keep_round_weights",
+    "trainer.compile",
+    "trainer.eval_batch_size",
+    "trainer.progress_seconds",
+)
+
+
+def is_result_neutral(key: str, neutral: tuple[str, ...] = RESULT_NEUTRAL_KEYS) -> bool:
+    """Whether the dotted ``key`` is one of ``neutral`` or lies under one of them."""
+    return any(key == n or key.startswith(n + ".") for n in neutral)
 
 
 GROUP_SCHEMAS: dict[str, type] = {
@@ -283,22 +425,3 @@ GROUP_SCHEMAS: dict[str, type] = {
     "logger": LoggerConfig,
     "paths": PathsConfig,
 }
-
-
-def register_configs() -> None:
-    """Register every schema in Hydra's ConfigStore under the ``schema`` group (``schema/trainer``,
-    ``schema/CifarConfig``, ...), so a config file can declare one as its base with ``defaults: - /schema/...``."""
-    from hydra.core.config_store import ConfigStore
-
-    store = ConfigStore.instance()
-    for group, schema in GROUP_SCHEMAS.items():
-        store.store(group="schema", name=group, node=schema)
-    for schema in (*_subclasses(DatasetConfig), *_subclasses(MethodConfig), RunConfig):
-        store.store(group="schema", name=schema.__name__, node=schema)
-
-
-def _subclasses(base: type) -> list[type]:
-    found = [base]
-    for sub in base.__subclasses__():
-        found.extend(_subclasses(sub))
-    return found

@@ -20,6 +20,7 @@ from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBas
 
 from lth_runner.config.schema import GROUP_SCHEMAS, ModelConfig, RunConfig
 from lth_runner.errors import ConfigError
+from lth_runner.registry import did_you_mean
 
 # Arguments the model builders receive from the dataset rather than from the config.
 _MODEL_INJECTED = ("input_shape", "num_classes")
@@ -27,19 +28,22 @@ _TOP_LEVEL = {f.name for f in dataclasses.fields(RunConfig)}
 
 
 def build_run_config(cfg: DictConfig | Mapping[str, Any]) -> RunConfig:
-    """Validate the whole composed config and return it as a :class:`RunConfig`."""
+    """Validate the whole composed config and return it as a :class:`RunConfig`.
+
+    Every registry-backed name (model, dataset, method, criterion, optimizer, schedule, law, control) is resolved
+    here, and the model is checked against the data's shape, so a run that starts has a configuration that can run.
+    Nothing here imports torch (the built-in entries are declared in :mod:`lth_runner.catalog`)."""
+    from lth_runner.catalog import DATASETS, METHODS, MODELS
+
     data = _plain(cfg)
     data.pop("hydra", None)
     unknown = sorted(set(data) - _TOP_LEVEL)
     if unknown:
-        raise ConfigError(unknown[0], data[unknown[0]], f"a known top-level key: {', '.join(sorted(_TOP_LEVEL))}")
+        raise ConfigError(unknown[0], data[unknown[0]], f"a known top-level key: {', '.join(sorted(_TOP_LEVEL))}",
+                          hint=did_you_mean(unknown[0], _TOP_LEVEL))  # fmt: skip
     top = {k: data[k] for k in ("seed", "name", "plugins") if k in data}
     top_cfg = typed_config("", _TopLevel, top)
     import_plugins(top_cfg.plugins)
-
-    from lth_runner.data import DATASETS
-    from lth_runner.methods import METHODS
-    from lth_runner.models import MODELS
 
     groups: dict[str, Any] = {}
     for group, schema in GROUP_SCHEMAS.items():
@@ -59,7 +63,41 @@ def build_run_config(cfg: DictConfig | Mapping[str, Any]) -> RunConfig:
             groups["regularizer"].name,
             f"none with method={groups['method'].name} (growing penalties are used by: {users})",
         )
-    return RunConfig(**groups, seed=top_cfg.seed, name=top_cfg.name, plugins=list(top_cfg.plugins))
+    check_model_fits_data(groups["model"], groups["dataset"], MODELS, DATASETS)
+    run = RunConfig(**groups, seed=top_cfg.seed, name=top_cfg.name, plugins=list(top_cfg.plugins))
+    run.method.check(run)
+    return run
+
+
+def check_model_fits_data(model: ModelConfig, dataset: Any, models: Any, datasets: Any) -> None:
+    """A model that needs images (C x H x W) cannot train on flat data: say so now, not after loading the data."""
+    if models.entry(model.arch).meta.get("inputs", "any") != "image":
+        return
+    shape_of = datasets.entry(dataset.name).meta.get("input_shape")
+    shape = shape_of(dataset) if shape_of is not None else None
+    if shape is None or len(shape) == 3:
+        return
+    image_sets = [n for n in datasets.names() if _shape_rank(datasets, n) == 3]
+    flat_models = [n for n in models.names() if models.entry(n).meta.get("inputs", "any") != "image"]
+    raise ConfigError(
+        "model",
+        model.name,
+        f"a model for flat inputs with dataset={dataset.name}, whose examples have shape {tuple(shape)}: "
+        f"{model.name} needs images (C, H, W); use an image dataset ({', '.join(image_sets)}) or a model that "
+        f"flattens its input ({', '.join(flat_models)})",
+    )
+
+
+def _shape_rank(datasets: Any, name: str) -> int | None:
+    """How many dimensions one example of dataset ``name`` has, judged from its default configuration."""
+    entry = datasets.entry(name)
+    shape_of, schema = entry.meta.get("input_shape"), entry.meta.get("config")
+    if shape_of is None or schema is None:
+        return None
+    try:
+        return len(shape_of(schema(name=name)))
+    except Exception:
+        return None
 
 
 @dataclasses.dataclass
@@ -89,9 +127,11 @@ def typed_config(path: str, schema: type, values: Any) -> Any:
     except ConfigKeyError as err:
         key = str(err.key) if err.key is not None else "?"
         owner = _owner_schema(schema, err.full_key)
-        accepted = ", ".join(f.name for f in dataclasses.fields(owner)) if owner else "a known key"
+        names = [f.name for f in dataclasses.fields(owner)] if owner else []
+        accepted = ", ".join(names) if owner else "a known key"
         parent = _join(path, err.full_key.rpartition(".")[0]) if "." in (err.full_key or "") else path
-        raise ConfigError(_join(parent, key), _lookup(values, err.full_key), f"one of the keys {accepted}") from None
+        raise ConfigError(_join(parent, key), _lookup(values, err.full_key), f"one of the keys {accepted}",
+                          hint=did_you_mean(key, names)) from None  # fmt: skip
     except OmegaConfBaseException as err:
         key = _join(path, err.full_key)
         raise ConfigError(key, _lookup(values, err.full_key), _type_name(schema, err.full_key)) from None
@@ -125,7 +165,12 @@ _BOUNDS = (
 
 def _check_value(key: str, value: Any, checks: Mapping[str, Any]) -> None:
     if "choices" in checks and value not in checks["choices"]:
-        raise ConfigError(key, value, f"one of: {', '.join(map(str, checks['choices']))}")
+        choices = [str(c) for c in checks["choices"]]
+        raise ConfigError(key, value, f"one of: {', '.join(choices)}", hint=did_you_mean(value, choices))
+    if "registry" in checks:
+        from lth_runner.catalog import BY_NAME
+
+        BY_NAME[checks["registry"]].check(value, key=key)
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return
     if any(name in checks and not ok(value, checks[name]) for name, _, ok in _BOUNDS):
@@ -143,9 +188,12 @@ def model_config(values: Any, registry: Any) -> ModelConfig:
         )
     values = dict(values)
     arch = values.pop("arch")
-    builder = registry.get(str(arch))
+    entry = registry.entry(str(arch))
     name = values.pop("name", None)
-    schema, takes_name = builder_schema(builder)
+    if "options" in entry.meta:  # declared in the catalog: checked without importing the builder (nor torch)
+        schema, takes_name = entry.meta["options"], entry.meta["options"] is None
+    else:
+        schema, takes_name = builder_schema(entry.obj)
     if takes_name and name is not None:
         values["name"] = name
     kwargs = dataclasses.asdict(typed_config("model", schema, values)) if schema else dict(values)

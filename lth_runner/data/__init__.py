@@ -1,6 +1,7 @@
 """Datasets: a registry of loaders and :func:`build_data`, which turns a dataset config into a :class:`DataBundle`.
 
-Add a dataset by registering a loader with its config dataclass::
+Add a dataset by registering a loader with its config dataclass (the built-ins are declared in
+:mod:`lth_runner.catalog`)::
 
     @DATASETS.register("mydata", config=MyDataConfig)
     def load_mydata(cfg: MyDataConfig, root: Path) -> ArrayDataset | DataBundle: ...
@@ -13,18 +14,14 @@ device as keyword arguments ``batch_size``, ``eval_batch_size``, ``device`` if i
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from lth_runner.catalog import DATASETS
 from lth_runner.config.schema import DatasetConfig
 from lth_runner.data.base import ArrayDataset, Batch, DataBundle, DataSpec, InMemoryData, split_arrays
 from lth_runner.data.transforms import BatchTransform
-from lth_runner.registry import Registry
-
-DATASETS: Registry[Callable[..., Any]] = Registry("dataset", "dataset.name")
 
 __all__ = [
     "DATASETS",
@@ -74,7 +71,13 @@ def in_memory(
     device: torch.device | str,
     channels_last: bool = False,
 ) -> InMemoryData:
-    splits = split_arrays(arrays, val_size=cfg.val_size, split_seed=cfg.split_seed, train_subset=cfg.train_subset)
+    splits = split_arrays(
+        arrays,
+        val_size=cfg.val_size,
+        split_seed=cfg.split_seed,
+        train_subset=cfg.train_subset,
+        test_subset=cfg.test_subset,
+    )
     is_image = arrays.train_x.dim() == 4
     transform = BatchTransform(
         arrays.mean,
@@ -88,7 +91,3 @@ def in_memory(
     return InMemoryData(
         spec, splits, transform, batch_size=batch_size, eval_batch_size=eval_batch_size, device=placement
     )
-
-
-# Built-in loaders register themselves on import.
-from lth_runner.data import cifar, imagefolder, mnist, mnist1d, synthetic  # noqa: E402,F401

@@ -55,17 +55,20 @@ class DataBundle(abc.ABC):
         """Number of examples in ``train``, ``val`` or ``test``."""
 
     @abc.abstractmethod
-    def train_batches(self, seed: int, *, skip: int = 0, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
+    def train_batches(
+        self, seed: int, *, skip: int = 0, rank: int = 0, world_size: int = 1, batch_size: int | None = None
+    ) -> Iterator[Batch]:
         """One epoch of augmented, normalised training batches in a seeded order; ``skip`` drops leading batches.
 
-        With ``world_size`` > 1 each rank receives its slice of every global batch (``batch_size`` is global)."""
+        With ``world_size`` > 1 each rank receives its slice of every global batch (``batch_size`` is global;
+        None: the bundle's own, a stage may train with another)."""
 
     @abc.abstractmethod
     def eval_batches(self, split: str, *, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
         """Normalised batches of ``val`` or ``test``, in order, without augmentation."""
 
-    def num_train_batches(self) -> int:
-        return math.ceil(self.size("train") / self.batch_size)
+    def num_train_batches(self, batch_size: int | None = None) -> int:
+        return math.ceil(self.size("train") / (batch_size or self.batch_size))
 
     def describe(self) -> str:
         sizes = ", ".join(f"{split} {self.size(split)}" for split in ("train", "val", "test"))
@@ -99,12 +102,15 @@ class InMemoryData(DataBundle):
         """The raw (un-normalised) tensors of a split, on the data device."""
         return self._splits[split]
 
-    def train_batches(self, seed: int, *, skip: int = 0, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
+    def train_batches(
+        self, seed: int, *, skip: int = 0, rank: int = 0, world_size: int = 1, batch_size: int | None = None
+    ) -> Iterator[Batch]:
         x_all, y_all = self._splits["train"]
         generator = torch.Generator(device=self.device).manual_seed(int(seed))
         order = torch.randperm(y_all.numel(), generator=generator, device=self.device)
-        for batch_index, start in enumerate(range(0, order.numel(), self.batch_size)):
-            index = order[start : start + self.batch_size]
+        size = batch_size or self.batch_size
+        for batch_index, start in enumerate(range(0, order.numel(), size)):
+            index = order[start : start + size]
             # Drawn for the whole global batch, skipped or not: the random stream, and so every later batch, is
             # the same whether the run resumed mid-epoch or trains on several ranks.
             params = self.transform.sample(index.numel(), generator, self.device)
@@ -126,9 +132,15 @@ class InMemoryData(DataBundle):
 
 
 def split_arrays(
-    arrays: ArrayDataset, *, val_size: float, split_seed: int, train_subset: int | None = None
+    arrays: ArrayDataset,
+    *,
+    val_size: float,
+    split_seed: int,
+    train_subset: int | None = None,
+    test_subset: int | None = None,
 ) -> dict[str, Batch]:
-    """Hold a stratified validation set out of the training arrays; optionally keep only a training subset."""
+    """Hold a stratified validation set out of the training arrays; optionally keep only a stratified subset of the
+    training or test examples (quick runs)."""
     holdout = holdout_count(val_size, arrays.train_y.numel())
     keep, held = stratified_split(arrays.train_y, holdout, split_seed)
     splits = {
@@ -139,4 +151,7 @@ def split_arrays(
     if train_subset is not None and train_subset < splits["train"][1].numel():
         sub, _ = stratified_split(splits["train"][1], splits["train"][1].numel() - train_subset, split_seed + 1)
         splits["train"] = (splits["train"][0][sub], splits["train"][1][sub])
+    if test_subset is not None and test_subset < splits["test"][1].numel():
+        sub, _ = stratified_split(splits["test"][1], splits["test"][1].numel() - test_subset, split_seed + 2)
+        splits["test"] = (splits["test"][0][sub], splits["test"][1][sub])
     return splits

@@ -5,13 +5,18 @@ Each batch is a pickled dict whose ``data`` is a uint8 array of N rows of 3072 v
 then blue pixels of a 32x32 image, row-major) and whose labels are ``labels`` (CIFAR-10) or ``fine_labels``
 (CIFAR-100); a row reshapes directly to 3 x 32 x 32, so no PIL round trip is needed.
 
-File md5 sums are checked against torchvision's lists, once per file per process (keyed by path, size and mtime):
-a re-encoded copy fails that check and needs ``dataset.verify_checksums=false``.
+File md5 sums are checked against torchvision's lists, once per file per process (keyed by path, size and mtime).
+A copy built by ``scripts/prepare_cifar10.py`` (the JPEG-reconstructed offline CIFAR-10) is not canonical: it
+carries ``PROVENANCE.json`` beside the batches, recording where the images come from and the md5 of every file as
+built. Such a copy is accepted when every file matches its record (a one-line warning says which copy is used); a
+folder without a record is held to the canonical sums; ``dataset.verify_checksums=false`` skips both checks.
 """
 
 from __future__ import annotations
 
+import json
 import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +26,6 @@ from torchvision.datasets import CIFAR10, CIFAR100
 from torchvision.datasets.utils import calculate_md5, extract_archive
 
 from lth_runner.config.schema import CifarConfig
-from lth_runner.data import DATASETS
 from lth_runner.data.base import ArrayDataset
 from lth_runner.data.download import download_staged, fetch_verified, one_line
 from lth_runner.errors import DataNotFoundError, UserError
@@ -69,12 +73,10 @@ VARIANTS: dict[str, CifarVariant] = {
 _MD5_CACHE: dict[tuple[str, int, int], str] = {}
 
 
-@DATASETS.register("cifar10", config=CifarConfig)
 def load_cifar10(cfg: CifarConfig, root: Path) -> ArrayDataset:
     return load_cifar(cfg, root, VARIANTS["cifar10"])
 
 
-@DATASETS.register("cifar100", config=CifarConfig)
 def load_cifar100(cfg: CifarConfig, root: Path) -> ArrayDataset:
     return load_cifar(cfg, root, VARIANTS["cifar100"])
 
@@ -85,7 +87,7 @@ def load_cifar(cfg: CifarConfig, root: Path, variant: CifarVariant) -> ArrayData
     if folder is None:
         hint = f"set dataset.root=DIR to a folder holding {variant.folder}/ (torchvision's layout)"
         if variant.name == "cifar10":
-            hint += " (offline: scripts/prepare_cifar10.py builds one from ../shared/data/cifar10)"
+            hint += " (offline: python scripts/prepare_cifar10.py builds one here from ../shared/data/cifar10)"
         if not cfg.download:
             names = ", ".join(name for name, _ in variant.train_files + variant.test_files)
             raise DataNotFoundError(
@@ -100,8 +102,7 @@ def load_cifar(cfg: CifarConfig, root: Path, variant: CifarVariant) -> ArrayData
         )
         folder = root / variant.folder
     if cfg.verify_checksums:
-        for name, md5 in variant.train_files + variant.test_files:
-            _verify(folder / name, md5, variant.name)
+        verify(folder, variant)
     train_x, train_y = _read_batches(folder, variant.train_files, variant.label_key)
     test_x, test_y = _read_batches(folder, variant.test_files, variant.label_key)
     return ArrayDataset(train_x, train_y, test_x, test_y, variant.num_classes, variant.mean, variant.std)
@@ -124,16 +125,49 @@ def _download(variant: CifarVariant, tmp: Path) -> Path:
     return staged
 
 
-def _verify(path: Path, expected: str, dataset: str) -> None:
+PROVENANCE = "PROVENANCE.json"
+
+
+def verify(folder: Path, variant: CifarVariant) -> None:
+    """Every batch file's md5: the canonical one, or the one recorded in the folder's ``PROVENANCE.json``."""
+    names = [name for name, _ in variant.train_files + variant.test_files]
+    record = _provenance(folder)
+    if record is None:
+        for name, md5 in variant.train_files + variant.test_files:
+            _check_md5(folder / name, md5, variant.name, "the canonical md5")
+        return
+    recorded = record.get("md5") or {}
+    for name in names:
+        _check_md5(folder / name, recorded.get(name, "?"), variant.name, f"the md5 recorded in {folder / PROVENANCE}")
+    warnings.warn(
+        f"dataset {variant.name}: using the copy in {folder} ({record.get('source', 'not canonical')}; "
+        f"{record.get('note', 'see ' + PROVENANCE)})",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
+def _provenance(folder: Path) -> dict | None:
+    path = folder / PROVENANCE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path} is not readable JSON ({one_line(err)}); rebuild the copy or remove the file") from None
+    return record if isinstance(record, dict) else {}
+
+
+def _check_md5(path: Path, expected: str, dataset: str, what: str) -> None:
     stat = path.stat()
     key = (str(path), stat.st_size, stat.st_mtime_ns)
     if key not in _MD5_CACHE:
         _MD5_CACHE[key] = calculate_md5(str(path))
     if _MD5_CACHE[key] != expected:
         raise UserError(
-            f"dataset {dataset}: {path} has md5 {_MD5_CACHE[key]}, expected {expected}: the copy is not the canonical "
-            "one (e.g. a re-encoded copy such as ../shared/data/cifar10); set dataset.verify_checksums=false to use "
-            "it anyway"
+            f"dataset {dataset}: {path} has md5 {_MD5_CACHE[key]}, not {what} ({expected}): the file was changed or "
+            "the copy is not canonical (a re-encoded copy: build it with scripts/prepare_cifar10.py, which records "
+            "its provenance, or set dataset.verify_checksums=false)"
         )
 
 

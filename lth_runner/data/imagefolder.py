@@ -19,13 +19,11 @@ from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
 from lth_runner.config.schema import ImageFolderConfig
-from lth_runner.data import DATASETS
 from lth_runner.data.base import Batch, DataBundle, DataSpec
 from lth_runner.data.splits import holdout_count, stratified_split
 from lth_runner.errors import ConfigError, DataNotFoundError, UserError
 
 
-@DATASETS.register("imagefolder", config=ImageFolderConfig)
 def load_imagefolder(
     cfg: ImageFolderConfig,
     root: Path,
@@ -82,17 +80,26 @@ class ImageFolderData(DataBundle):
         if cfg.train_subset is not None and cfg.train_subset < keep.numel():
             sub, _ = stratified_split(targets[keep], keep.numel() - cfg.train_subset, cfg.split_seed + 1)
             keep = keep[sub]
-        self._indices = {"train": keep, "val": held, "test": torch.arange(len(self._test))}
+        test = torch.arange(len(self._test))
+        if cfg.test_subset is not None and cfg.test_subset < test.numel():
+            sub, _ = stratified_split(
+                torch.tensor(self._test.targets), test.numel() - cfg.test_subset, cfg.split_seed + 2
+            )
+            test = test[sub]
+        self._indices = {"train": keep, "val": held, "test": test}
         self.spec = DataSpec(cfg.name, (3, cfg.image_size, cfg.image_size), len(self._train.classes))
 
     def size(self, split: str) -> int:
         return int(self._indices[split].numel())
 
-    def train_batches(self, seed: int, *, skip: int = 0, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
+    def train_batches(
+        self, seed: int, *, skip: int = 0, rank: int = 0, world_size: int = 1, batch_size: int | None = None
+    ) -> Iterator[Batch]:
         generator = torch.Generator().manual_seed(int(seed))
         order = self._indices["train"][torch.randperm(self.size("train"), generator=generator)]
         # Skipped batches are never loaded; slicing at the index level means each rank decodes only its images.
-        batches = [index.tensor_split(world_size)[rank].tolist() for index in order.split(self.batch_size)[skip:]]
+        split = order.split(batch_size or self.batch_size)[skip:]
+        batches = [index.tensor_split(world_size)[rank].tolist() for index in split]
         yield from self._load(self._train, batches, generator)
 
     def eval_batches(self, split: str, *, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:

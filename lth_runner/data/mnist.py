@@ -23,7 +23,6 @@ import torch
 from torchvision.datasets import MNIST
 
 from lth_runner.config.schema import MnistConfig
-from lth_runner.data import DATASETS
 from lth_runner.data.base import ArrayDataset
 from lth_runner.data.download import download_staged, fetch_verified, one_line
 from lth_runner.data.splits import holdout_count, stratified_split
@@ -37,7 +36,6 @@ MIRRORS: list[str] = list(MNIST.mirrors)
 RESOURCES: list[tuple[str, str]] = list(MNIST.resources)  # (file name, md5) of the gzipped files
 
 
-@DATASETS.register("mnist", config=MnistConfig)
 def load_mnist(cfg: MnistConfig, root: Path) -> ArrayDataset:
     root = Path(root).absolute()
     folders = [root, root / "MNIST" / "raw"]

@@ -13,13 +13,11 @@ from pathlib import Path
 import torch
 
 from lth_runner.config.schema import Mnist1dConfig
-from lth_runner.data import DATASETS
 from lth_runner.data.base import ArrayDataset
 from lth_runner.errors import UserError
 from lth_runner.utils.io import save_torch_atomic
 
 
-@DATASETS.register("mnist1d", config=Mnist1dConfig)
 def load_mnist1d(cfg: Mnist1dConfig, root: Path) -> ArrayDataset:
     args = {"num_samples": cfg.num_samples, "train_split": cfg.train_split, "seed": cfg.generator_seed}
     key = hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:12]

@@ -7,11 +7,9 @@ from pathlib import Path
 import torch
 
 from lth_runner.config.schema import SyntheticConfig
-from lth_runner.data import DATASETS
 from lth_runner.data.base import ArrayDataset
 
 
-@DATASETS.register("synthetic", config=SyntheticConfig)
 def load_synthetic(cfg: SyntheticConfig, root: Path) -> ArrayDataset:
     generator = torch.Generator().manual_seed(cfg.seed)
     shape = tuple(cfg.shape)

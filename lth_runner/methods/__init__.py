@@ -1,19 +1,13 @@
 """Methods: a registry of functions that run one experiment in a :class:`~lth_runner.session.RunContext` and
-return its summary. Register a new one with its config dataclass::
+return its summary. The built-ins are declared in :mod:`lth_runner.catalog`; register a new one with its config
+dataclass::
 
     @METHODS.register("mymethod", config=MyMethodConfig)
-    def my_method(run: RunContext) -> dict: ...
+    def my_method(run: RunContext) -> Summary: ...
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-from lth_runner.registry import Registry
-
-METHODS: Registry[Callable[..., dict[str, Any]]] = Registry("method", "method.name")
+from lth_runner.catalog import METHODS
 
 __all__ = ["METHODS"]
-
-from lth_runner.methods import dlth, eb, l1, lth, unilth  # noqa: E402,F401

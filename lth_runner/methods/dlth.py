@@ -13,10 +13,15 @@ DLTH (``method=dlth``), one cycle:
 
 DLTH-Iter (``method=dlth_iter``): ``C = sparsity.rounds`` cycles of the same, each removing ``p_e = 1 - r^(1/C)``
 of the survivors (``r = 1 - target``), so after cycle ``c`` the pruned fraction is ``1 - (1 - p_e)^c`` and after
-``C`` exactly the target (exact per-layer counts from ``round_counts(n, geometric_densities(target, C))``). Each
-cycle draws its new random set among the survivors of every layer (weights pruned earlier stay pruned), then
-``cycleXX/transform`` (penalty on the new set; earlier removals held at zero), removal, ``cycleXX/finetune``.
-``grow_epochs``, ``stabilize_epochs`` and ``finetune_epochs`` are per cycle.
+``C`` exactly the target (exact per-layer counts from ``round_counts(n, densities)``; any schedule of the sparsity
+group works). Each cycle draws its new random set among the weights not chosen before, then ``cycleXX/transform``
+(penalty on the new set; earlier removals held at zero), removal, ``cycleXX/finetune``. ``grow_epochs``,
+``stabilize_epochs`` and ``finetune_epochs`` are per cycle.
+
+The reference RST_Iter recipe (``method=dlth_iter_reference``: ``zero_between_cycles=false``,
+``finetune_between_cycles=false``, its pruning phase below) differs: a cycle's set is not removed when the cycle
+ends; every cycle restarts the penalty from 0 on the whole set chosen so far (``iter_rand``), and the cumulative
+set is removed once, after the last cycle, followed by one fine-tune.
 
 From the paper: random selection of the sparse structure from the random initialisation, the growing L2 penalty on
 the weights to be removed only, one-shot removal followed by fine-tuning. From the reference code (yueb17/DLTH,
@@ -49,6 +54,9 @@ Choices (also in docs/methods.md):
 - ``finetune_epochs=0``: no fine-tuning; the pruned network is evaluated once (the result is saved and counts no
   epochs). DLTH-Iter with 0 is the reference's ``RST_Iter_ft=0`` (the next cycle's transform trains on).
 - ``regularizer=none`` is accepted: no penalty, i.e. random pruning after dense training (an ablation).
+- The pruning (transform) phase trains with the run's optimizer recipe unless ``transform_lr``,
+  ``transform_batch_size`` or ``transform_schedule`` say otherwise. The reference's phase is constant-LR SGD at
+  1e-3 with batch 64 (``lr_prune``, ``batch_size_prune``; ``method=dlth_reference`` / ``dlth_iter_reference``).
 """
 
 from __future__ import annotations
@@ -58,30 +66,28 @@ import math
 from typing import Any
 
 import torch
-from torch import nn
 
 from lth_runner import distributed
-from lth_runner.config.schema import DLTHConfig, RegularizerConfig
+from lth_runner.config.schema import DLTHConfig, OptimConfig, RegularizerConfig
 from lth_runner.errors import ConfigError
-from lth_runner.methods import METHODS
-from lth_runner.methods.summary import cost, final_block, header, round_entry, stage_summary
+from lth_runner.methods.controls import ControlStart, train_controls
 from lth_runner.session import RunContext
-from lth_runner.sparse import Mask, MaskEnforcer, geometric_densities, remaining_fraction, round_counts
+from lth_runner.sparse import Mask, MaskEnforcer, remaining_fraction, round_counts, round_densities
+from lth_runner.sparse.prunable import unwrap
+from lth_runner.summary import StageSummary, Summary, round_summary
 from lth_runner.training.penalty import GrowingPenalty
-from lth_runner.training.trainer import Stage, StageResult, Trainer
+from lth_runner.training.trainer import Stage, StageResult
 
 DEFAULT_CEILING = 2e-3  # seed 000, Sec. 4.1, its DLTH/DLTH-Iter baselines
 REFERENCE_CEILING = 1.0  # yueb17/DLTH option.py reg_upper_limit
 
 
-@METHODS.register("dlth", config=DLTHConfig, uses_regularizer=True)
-def dlth(run: RunContext) -> dict[str, Any]:
+def dlth(run: RunContext) -> Summary:
     """DLTH: random per-layer set, growing penalty on it, one-shot removal, fine-tuning."""
     return random_sparse_transformation(run, iterative=False)
 
 
-@METHODS.register("dlth_iter", config=DLTHConfig, uses_regularizer=True)
-def dlth_iter(run: RunContext) -> dict[str, Any]:
+def dlth_iter(run: RunContext) -> Summary:
     """DLTH-Iter: ``sparsity.rounds`` cycles of DLTH, each removing ``1 - r^(1/C)`` of the survivors."""
     return random_sparse_transformation(run, iterative=True)
 
@@ -126,9 +132,17 @@ def penalty_ceiling(reg: RegularizerConfig) -> float:
     return DEFAULT_CEILING if reg.ceiling is None else reg.ceiling
 
 
+def transform_optim(method: DLTHConfig, optim: OptimConfig) -> OptimConfig:
+    """The optimizer recipe of the penalty phase: the run's, with ``transform_lr`` / ``transform_schedule``."""
+    scheduler = optim.scheduler
+    if method.transform_schedule is not None:
+        scheduler = dataclasses.replace(scheduler, name=method.transform_schedule)
+    return dataclasses.replace(optim, lr=method.transform_lr or optim.lr, scheduler=scheduler)
+
+
 def transform_penalty(
     reg: RegularizerConfig,
-    params: dict[str, nn.Parameter],
+    params: dict[str, torch.nn.Parameter],
     unimportant: Mask,
     *,
     grow_epochs: int,
@@ -150,13 +164,14 @@ def transform_penalty(
     )
 
 
-def draw_unimportant(run: RunContext, alive: Mask, kept: dict[str, int], cycle: int) -> Mask:
-    """Per layer, a uniformly random set of ``alive[name].sum() - kept[name]`` survivors (True = to be removed).
+def draw_unimportant(run: RunContext, candidates: Mask, kept: dict[str, int], cycle: int) -> Mask:
+    """Per layer, a uniformly random set of ``candidates[name].sum() - kept[name]`` candidates (True = to be
+    removed): the weights not chosen in an earlier cycle.
 
     Each layer draws from its own generator (run seed, ``"dlth"``, cycle, layer name), so the draw of a layer does
     not depend on which other layers are prunable."""
     chosen = {}
-    for name, keep in alive.items():
+    for name, keep in candidates.items():
         survivors = torch.nonzero(keep.detach().reshape(-1).cpu()).flatten()
         count = survivors.numel() - kept[name]
         if not 0 <= count <= survivors.numel():
@@ -171,6 +186,10 @@ def draw_unimportant(run: RunContext, alive: Mask, kept: dict[str, int], cycle: 
 def remove(alive: Mask, unimportant: Mask) -> Mask:
     """The mask after removing ``unimportant`` from ``alive``."""
     return Mask({name: keep & ~unimportant[name].to(keep.device) for name, keep in alive.items()})
+
+
+def union(a: Mask, b: Mask) -> Mask:
+    return Mask({name: keep | b[name].to(keep.device) for name, keep in a.items()})
 
 
 class SaveOptimizerAtEnd:
@@ -209,36 +228,33 @@ def _names(iterative: bool, cycle: int) -> _Names:
     )
 
 
-def random_sparse_transformation(run: RunContext, *, iterative: bool) -> dict[str, Any]:
+def random_sparse_transformation(run: RunContext, *, iterative: bool) -> Summary:
     cfg, method = run.cfg, run.cfg.method
     assert isinstance(method, DLTHConfig)
     reg, sparsity = cfg.regularizer, cfg.sparsity
-    if iterative and sparsity.schedule != "geometric":
-        raise ConfigError(
-            "sparsity.schedule", sparsity.schedule, "geometric with method=dlth_iter (p_e = 1 - r^(1/rounds))"
-        )
     epochs = resolve_epochs(method, cfg.trainer.epochs)
-    cycles = sparsity.rounds if iterative else 1
-    densities = geometric_densities(sparsity.target, cycles)
+    densities = (
+        round_densities(sparsity.target, schedule=sparsity.schedule, rounds=sparsity.rounds, rate=sparsity.rate)
+        if iterative
+        else [remaining_fraction(sparsity.target)]
+    )
+    cycles = len(densities)
     ceiling = penalty_ceiling(reg)
-    steps_per_epoch = run.data.num_train_batches()
+    phase_optim = transform_optim(method, cfg.optim)
+    transform_steps = run.data.num_train_batches(method.transform_batch_size)
 
     model = run.new_model("init")
     params = run.prunable(model)
     total = sum(p.numel() for p in params.values())
+    init_state = {k: v.detach().clone() for k, v in unwrap(model).state_dict().items()}
     layer_counts = {name: round_counts(p.numel(), densities) for name, p in params.items()}
     alive = Mask.ones_like(params)
+    chosen = Mask({n: torch.zeros_like(m) for n, m in alive.items()})  # every set drawn so far
     enforcer = MaskEnforcer(params, alive)
-    run.log_start(
-        total,
-        densities=densities,
-        regularizer=reg.name,
-        ceiling=ceiling,
-    )
-    run.tracker.log(
-        "message",
-        text=f"{method.name}: {cycles} cycle(s) of {reg.name} penalty to {ceiling:g} on a random set "
-        f"({epochs.grow} epochs rising, {epochs.stabilize} held), removal, {epochs.finetune} fine-tune epochs",
+    run.log_start(total, densities=densities, regularizer=reg.name, ceiling=ceiling)
+    run.message(
+        f"{method.name}: {cycles} cycle(s) of {reg.name} penalty to {ceiling:g} on a random set "
+        f"({epochs.grow} epochs rising, {epochs.stabilize} held), removal, {epochs.finetune} fine-tune epochs"
     )
 
     section: dict[str, Any] = {
@@ -251,30 +267,44 @@ def random_sparse_transformation(run: RunContext, *, iterative: bool) -> dict[st
         "stabilize_epochs": epochs.stabilize,
         "finetune_epochs": epochs.finetune,
         "finetune_restart": method.finetune_restart,
+        "transform_lr": phase_optim.lr,
+        "transform_schedule": phase_optim.scheduler.name,
+        "transform_batch_size": method.transform_batch_size or cfg.trainer.batch_size,
+        "zero_between_cycles": method.zero_between_cycles or not iterative,
+        "finetune_between_cycles": method.finetune_between_cycles or not iterative,
         "selection": "uniformly random per layer",
         "cycles": cycles,
         "per_cycle_rate": 1.0 - remaining_fraction(sparsity.target) ** (1.0 / cycles),
         "per_cycle": [],
     }
     results: list[StageResult] = []
-    rounds: list[dict[str, Any]] = []
+    rounds = []
     # Weights of the last finished stage stay on disk until the next stage has finished (a stage resumed before its
     # first checkpoint starts from them).
     previous_key: str | None = None
     last: StageResult | None = None
     continue_schedule = not method.finetune_restart and epochs.finetune > 0
 
+    def summarise(complete: bool, controls: dict | None = None) -> Summary:
+        kept = alive.num_kept()
+        return run.write_summary(total, results=results, final=last, kept=kept, round_index=rounds[-1].round,
+                                 rounds=rounds, controls=controls, details={"dlth": section},
+                                 complete=complete)  # fmt: skip
+
     for cycle in range(1, cycles + 1):
         names = _names(iterative, cycle)
+        final_cycle = cycle == cycles
+        zero = final_cycle or method.zero_between_cycles or not iterative
+        finetune = final_cycle or method.finetune_between_cycles or not iterative
         kept = {name: counts[cycle - 1] for name, counts in layer_counts.items()}
-        unimportant = run.saved_mask(names.unimportant)
-        if unimportant is None:
-            unimportant = draw_unimportant(run, alive, kept, cycle)
-            unimportant = run.save_mask(names.unimportant, unimportant)
+        candidates = Mask({n: ~c for n, c in chosen.items()})
+        fresh = run.mask(names.unimportant, lambda: draw_unimportant(run, candidates, kept, cycle))  # noqa: B023
+        chosen = union(chosen, fresh)
+        penalised = fresh if method.zero_between_cycles or not iterative else chosen
 
         # ------------------------------------------------------------ transform: growing penalty on the set
         schedule = epochs.transform + epochs.finetune if continue_schedule else epochs.transform
-        penalty = transform_penalty(reg, params, unimportant, grow_epochs=epochs.grow, steps_per_epoch=steps_per_epoch)
+        penalty = transform_penalty(reg, params, penalised, grow_epochs=epochs.grow, steps_per_epoch=transform_steps)
         optimizer_name = f"{names.transform.replace('/', '_')}.optimizer"
         hooks: list[Any] = [penalty] + ([SaveOptimizerAtEnd(run, optimizer_name)] if continue_schedule else [])
         enforcer.set_mask(alive)
@@ -286,47 +316,45 @@ def random_sparse_transformation(run: RunContext, *, iterative: bool) -> dict[st
                 epochs.transform,
                 schedule_epochs=schedule,
                 density=alive.density(),
+                batch_size=method.transform_batch_size,
             ),
             model,
             enforcer,
             hooks,
             keep_weights=True,
+            optim=phase_optim,
         )
         results.append(transform)
         if previous_key is not None:
             run.release_weights(previous_key)
         previous_key = transform.key
         if cycle == 1:
-            rounds.append(round_entry(0, total, total, transform))
-        run.write_summary(_summary(run, total, rounds, results, section, last, complete=False))
+            rounds.append(round_summary(0, total, total, transform))
+            last = transform
+        summarise(complete=False)
+        cycle_record = {"cycle": cycle, "drawn": fresh.num_kept(), "transform": dataclasses.asdict(
+            StageSummary.of(transform))}  # fmt: skip
+        if not zero:
+            section["per_cycle"].append(cycle_record)
+            continue
 
         # ------------------------------------------------------------ removal
-        mask = run.saved_mask(names.mask)
-        if mask is None:
-            mask = remove(alive, unimportant)
-            mask = run.save_mask(names.mask, mask)
-            run.tracker.log(
-                "prune",
-                round=names.round,
-                density=mask.density(),
-                kept=mask.num_kept(),
-                total=total,
-                layer_densities=mask.layer_densities(),
-                removed=alive.num_kept() - mask.num_kept(),
-            )
+        removed = chosen if not method.zero_between_cycles and iterative else fresh
+        removal = remove(alive, removed)
+        removal_count = alive.num_kept() - removal.num_kept()
+        mask = run.mask(names.mask, lambda: removal, round=names.round, removed=removal_count)  # noqa: B023
         enforcer.set_mask(mask)
         alive = mask
 
-        # ------------------------------------------------------------ fine-tuning
-        final_cycle = cycle == cycles
-        if epochs.finetune > 0:
+        # ------------------------------------------------------------ fine-tuning (or one evaluation)
+        if finetune and epochs.finetune > 0:
             if continue_schedule:
                 stage = Stage(
                     names.finetune,
                     names.round,
                     "finetune",
                     epochs.transform + epochs.finetune,
-                    start_step=epochs.transform * steps_per_epoch,
+                    start_step=epochs.transform * transform_steps,
                     schedule_epochs=schedule,
                     density=mask.density(),
                 )
@@ -341,67 +369,25 @@ def random_sparse_transformation(run: RunContext, *, iterative: bool) -> dict[st
             if continue_schedule and distributed.is_main():
                 (run.output_dir / "checkpoints" / f"{optimizer_name}.pt").unlink(missing_ok=True)
         else:
-            last = evaluate_pruned(run, model, enforcer, names.finetune, names.round)
-        rounds.append(round_entry(names.round, mask.num_kept(), total, last))
+            enforcer.apply_to_weights()
+            last = run.evaluate(model, names.finetune, names.round, density=mask.density())
+        controls = {}
+        if final_cycle and method.controls:
+            start = ControlStart(init_state, 0)
+            controls = train_controls(
+                run, method.controls, round_index=names.round, mask=mask, model=model, enforcer=enforcer, start=start
+            )
+            results.extend(controls.values())
+        rounds.append(round_summary(names.round, mask.num_kept(), total, last, controls))
         section["per_cycle"].append(
             {
-                "cycle": cycle,
+                **cycle_record,
                 "kept": mask.num_kept(),
                 "density": mask.density(),
                 "pruned_fraction": 1.0 - mask.density(),
-                "removed": int(sum(int(u.sum()) for _, u in unimportant.items())),
-                "transform": stage_summary(transform),
-                "after_removal": stage_summary(last),  # the fine-tune, or the one evaluation without it
+                "removed": removed.num_kept(),
+                "after_removal": dataclasses.asdict(StageSummary.of(last)),  # the fine-tune, or one evaluation
             }
         )
-        run.write_summary(_summary(run, total, rounds, results, section, last, complete=final_cycle))
-    assert last is not None
-    return _summary(run, total, rounds, results, section, last, complete=True)
-
-
-def evaluate_pruned(
-    run: RunContext, model: nn.Module, enforcer: MaskEnforcer, key: str, round_index: int
-) -> StageResult:
-    """Validation and test accuracy of the just-pruned network, without training (``finetune_epochs=0``).
-
-    Computed once and saved (``checkpoints/KEY.evaluation.pt``): the weights it was measured on may be released
-    later."""
-    name = f"{key.replace('/', '_')}.evaluation"
-    saved = run.load_state_tensors(name)
-    if saved is not None:
-        return StageResult.from_dict(saved)
-    assert enforcer.mask is not None
-    enforcer.apply_to_weights()
-    trainer = Trainer(model, run.data, optim=run.cfg.optim, trainer=run.cfg.trainer, seed=run.cfg.seed)
-    val = trainer.evaluate("val")
-    test = trainer.evaluate("test") if run.cfg.trainer.eval_test else None
-    result = StageResult(key, round_index, "evaluate", enforcer.mask.density())
-    if val is not None:
-        result.best_epoch = 0
-        result.best_val_loss, result.best_val_acc = val
-        result.final_val_loss, result.final_val_acc = val
-    if test is not None:
-        result.final_test_loss, result.final_test_acc = test
-        result.best_val_test_acc = test[1] if val is not None else None
-    run.save_state_tensors(name, result.to_dict())
-    run.tracker.log("evaluation", **result.to_dict())
-    return result
-
-
-def _summary(
-    run: RunContext,
-    total: int,
-    rounds: list[dict[str, Any]],
-    results: list[StageResult],
-    section: dict[str, Any],
-    last: StageResult | None,
-    *,
-    complete: bool,
-) -> dict[str, Any]:
-    summary: dict[str, Any] = {**header(run, total, complete=complete), "rounds": rounds}
-    if last is not None:
-        final = rounds[-1]
-        summary["final"] = {"round": final["round"], **final_block(last, final["kept"], total)}
-    summary["dlth"] = section
-    summary["cost"] = cost(results)
+        summary = summarise(complete=final_cycle, controls=controls)
     return summary

@@ -23,9 +23,11 @@ Choices where the paper or the reference code leave room (also in docs/methods.m
   at epoch ``window - 1``. The search stops at the first detection (the reference keeps training and saves a
   checkpoint at each detection) and the EB weights are the ones at that point. When no detection happens within
   ``trainer.epochs``, the last mask (after the last epoch) is used and ``eb.found`` is false.
-- ``detect=fixed_epoch`` stops at ``floor(fixed_fraction * trainer.epochs)`` epochs (at least 1): for 300 epochs
-  and 1/8 this is seed 000's 37. The distances are still logged, and ``eb.criterion_met`` says whether the
-  distance criterion held at that epoch.
+- ``detect=fixed_epoch`` stops at ``fixed_epoch`` epochs when it is set, else at
+  ``floor(fixed_fraction * trainer.epochs)`` (at least 1). Seed 000 says "37 epochs (1/8 of the total epochs)"
+  for 200-epoch runs; 37 is 1/8 of 300, so the two halves disagree: ``method=eb_fixed`` is E/8 (25 of 200) and
+  ``method=eb_fixed_paper`` is the absolute epoch 37 that the paper reports using (the Table 1 presets' sweep
+  rows). The distances are still logged, and ``eb.criterion_met`` says whether the distance criterion held then.
 - Channel masks keep an exact count, ``kept_count(channels, 1 - target)``, chosen by one global threshold on
   |gamma| (ties broken towards earlier channels; the reference's ``|gamma| > y[int(total*p)]`` keeps
   ``total - int(total*p) - 1`` channels without ties, fewer with ties); a layer that would lose all its channels
@@ -61,12 +63,12 @@ from torch import nn
 
 from lth_runner.config.schema import EarlyBirdConfig
 from lth_runner.errors import ConfigError
-from lth_runner.methods import METHODS
-from lth_runner.methods.summary import cost, final_block, header, stage_summary
+from lth_runner.methods.controls import ControlStart, train_controls
 from lth_runner.session import RunContext
 from lth_runner.sparse import CRITERIA, Mask, MaskEnforcer, ScoreContext, kept_count, prune_to_density, select_top
 from lth_runner.sparse.prunable import PRUNABLE_LAYERS, unwrap
 from lth_runner.sparse.schedule import remaining_fraction
+from lth_runner.summary import Summary, round_summary
 from lth_runner.training.trainer import EnforceMask, Stage, StageResult
 
 SEARCH_KEY = "search/dense"
@@ -336,8 +338,7 @@ class EarlyBirdSearch:
 
 
 # ----------------------------------------------------------------------------------------------- method
-@METHODS.register("eb", config=EarlyBirdConfig, uses_regularizer=False)
-def early_bird(run: RunContext) -> dict[str, Any]:
+def early_bird(run: RunContext) -> Summary:
     """Search for the Early-Bird mask during dense training, prune one-shot, retrain."""
     cfg, method = run.cfg, run.cfg.method
     assert isinstance(method, EarlyBirdConfig)
@@ -360,7 +361,7 @@ def early_bird(run: RunContext) -> dict[str, Any]:
                 f"weight: {cfg.model.name} has no BatchNorm layer fed directly by a prunable conv/linear layer",
             )
         channels = ChannelPruning(model, params, groups)
-    stop_epoch = fixed_detection_epoch(method.fixed_fraction, epochs) if method.detect == "fixed_epoch" else None
+    stop_epoch = detection_epoch(method, epochs) if method.detect == "fixed_epoch" else None
     run.log_start(
         total,
         densities=[density],
@@ -402,8 +403,16 @@ def early_bird(run: RunContext) -> dict[str, Any]:
     if fresh:
         _announce(run, mask, decision, method)
     results: list[StageResult] = [search]
-    eb_section = _eb_section(method, decision, mask, channel_mask)
-    run.write_summary(_summary(run, total, mask, eb_section, results, retrain=None))
+    details = {"eb": _eb_section(method, decision, mask, channel_mask)}
+    rounds = [round_summary(0, total, total, search)]
+
+    def summarise(final: StageResult, kept: int, index: int, controls: dict, complete: bool) -> Summary:
+        return run.write_summary(total, results=results, final=final, kept=kept, round_index=index, rounds=rounds,
+                                 controls=controls, details=details, complete=complete,
+                                 ticket_found_epoch=decision["epoch"])  # fmt: skip
+
+    # Until the ticket is retrained, the network delivered so far is the dense one of the search (as in LTH).
+    summarise(search, total, 0, {}, complete=False)
 
     # ---- retrain the ticket
     if run.completed(RETRAIN_KEY) is None:
@@ -421,9 +430,22 @@ def early_bird(run: RunContext) -> dict[str, Any]:
     retrain = run.train(Stage(RETRAIN_KEY, 1, "ticket", retrain_epochs, density=mask.density()), model, enforcer, extra)
     results.append(retrain)
     run.release_weights(SEARCH_KEY)
-    summary = _summary(run, total, mask, eb_section, results, retrain=retrain)
-    run.write_summary(summary)
-    return summary
+    controls = {}
+    if method.controls:
+        controls = train_controls(
+            run, method.controls, round_index=1, mask=mask, model=model, enforcer=enforcer,
+            start=ControlStart(init_state, 0),
+        )  # fmt: skip
+        results.extend(controls.values())
+    rounds.append(round_summary(1, mask.num_kept(), total, retrain, controls))
+    return summarise(retrain, mask.num_kept(), 1, controls, complete=True)
+
+
+def detection_epoch(method: EarlyBirdConfig, epochs: int) -> int:
+    """The fixed ticket epoch: ``method.fixed_epoch`` when set (at most ``epochs``), else the fraction's."""
+    if method.fixed_epoch is None:
+        return fixed_detection_epoch(method.fixed_fraction, epochs)
+    return min(method.fixed_epoch, epochs)  # at most trainer.epochs (EarlyBirdConfig.check)
 
 
 def _announce(run: RunContext, mask: Mask, decision: dict[str, Any], method: EarlyBirdConfig) -> None:
@@ -433,15 +455,8 @@ def _announce(run: RunContext, mask: Mask, decision: dict[str, Any], method: Ear
         text = f"early-bird ticket found at epoch {decision['epoch']} (max distance {decision['max_distance']:.4f})"
     else:
         text = f"no early-bird ticket within {decision['epoch']} epochs: the last mask is used"
-    run.tracker.log("message", text=text)
-    run.tracker.log(
-        "prune",
-        round=1,
-        density=mask.density(),
-        kept=mask.num_kept(),
-        total=mask.numel(),
-        layer_densities=mask.layer_densities(),
-    )
+    run.message(text)
+    run.log_prune(mask, round=1)
 
 
 def _eb_section(
@@ -462,6 +477,7 @@ def _eb_section(
     }
     if method.detect == "fixed_epoch":
         section["fixed_fraction"] = method.fixed_fraction
+        section["fixed_epoch"] = method.fixed_epoch
     if channel_mask is not None:
         section.update(
             channel_density=channel_mask.density(),
@@ -471,23 +487,3 @@ def _eb_section(
             bn_l1=method.bn_l1,
         )
     return section
-
-
-def _summary(
-    run: RunContext,
-    total: int,
-    mask: Mask,
-    eb_section: dict[str, Any],
-    results: list[StageResult],
-    *,
-    retrain: StageResult | None,
-) -> dict[str, Any]:
-    summary = {
-        **header(run, total, complete=retrain is not None),
-        # Until the ticket is retrained, the network delivered so far is the dense one of the search (as in LTH).
-        "final": final_block(retrain, mask.num_kept(), total) if retrain else final_block(results[0], total, total),
-        "eb": eb_section,
-        "stages": {r.key: stage_summary(r) for r in results},
-        "cost": cost(results, ticket_found_epoch=eb_section["epoch"]),
-    }
-    return summary

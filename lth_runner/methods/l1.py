@@ -13,9 +13,10 @@ with the smallest sums, then retrain ("prune once and retrain", Sec. 3.4). The m
    ``optim.lr * method.finetune_lr_scale``, the learning-rate schedule spanning the fine-tuning epochs.
 
 Choices where the papers leave room (also in docs/methods.md):
-- ``structure=weight`` (default) is unstructured magnitude pruning (|w|, the per-weight L1 norm); it honours
-  ``sparsity.scope``. The seed paper's per-layer L1 row corresponds to ``sparsity.scope=layerwise`` (the project
-  default is ``global``).
+- ``structure=weight`` (default) is unstructured magnitude pruning (|w|, the per-weight L1 norm) with
+  ``method.scope`` (default ``layerwise``: Li et al. prune every layer on its own, and DLTH/GReg's ``--method L1
+  --wg weight``, the most plausible source of the seed paper's unstructured L1 row, prunes per layer too; ``global``
+  competes across layers; null follows ``sparsity.scope``).
 - ``structure=filter`` is Li et al.'s criterion, always per layer (L1 norms of filters of different fan-in are not
   comparable): every prunable layer keeps ``max(1, kept_count(n_filters, 1 - target))`` output units with the
   largest L1 norms (ties keep the lower index). Linear layers are pruned by output neurons the same way, the
@@ -42,17 +43,16 @@ from torch import nn
 
 from lth_runner.config.schema import L1Config
 from lth_runner.errors import UserError
-from lth_runner.methods import METHODS
-from lth_runner.methods.summary import cost, final_block, header, round_entry, stage_summary
+from lth_runner.methods.controls import ControlStart, train_controls
 from lth_runner.session import RunContext
 from lth_runner.sparse import Mask, MaskEnforcer, kept_count, prunable_parameters, prune_to_density, select_top, unwrap
 from lth_runner.sparse.schedule import remaining_fraction
-from lth_runner.training.trainer import Stage, StageResult, Trainer
+from lth_runner.summary import Summary, round_summary
+from lth_runner.training.trainer import Stage, StageResult
 
 PRETRAIN_KEY = "pretrain/dense"
 FINETUNE_KEY = "finetune/ticket"
 MASK_NAME = "l1"
-EVALUATION_NAME = "l1_evaluation"
 # Where a run directory keeps dense weights: this method's pre-training, LTH's round 0 (kept with
 # trainer.keep_round_weights=true), and a search stage's dense weights.
 RUN_DIR_WEIGHTS = (
@@ -159,79 +159,78 @@ def check_compatible(state: Mapping[str, torch.Tensor], model: nn.Module, path: 
 
 
 # ------------------------------------------------------------------------------------------------- method
-@METHODS.register("l1", config=L1Config, uses_regularizer=False)
-def l1(run: RunContext) -> dict[str, Any]:
+def l1(run: RunContext) -> Summary:
     """Pre-train (or load), prune once by L1 magnitude to the target, fine-tune."""
     cfg, method = run.cfg, run.cfg.method
     assert isinstance(method, L1Config)
     finetune_epochs = cfg.trainer.epochs if method.finetune_epochs is None else method.finetune_epochs
     finetune_optim = dataclasses.replace(cfg.optim, lr=cfg.optim.lr * method.finetune_lr_scale)
+    scope = "layerwise" if method.structure == "filter" else method.scope or cfg.sparsity.scope
 
     model = run.new_model("init")  # the labels LTH uses, so an in-run pre-training equals LTH's round 0
     params = run.prunable(model)
     total = sum(p.numel() for p in params.values())
-    run.log_start(
-        total,
-        densities=[remaining_fraction(cfg.sparsity.target)],
-    )
+    init_state = {k: v.detach().clone() for k, v in unwrap(model).state_dict().items()}
+    run.log_start(total, densities=[remaining_fraction(cfg.sparsity.target)])
     loaded = _load_pretrained(run, model) if method.pretrained is not None else None
     if method.structure == "filter":
         _warn_classifier(run, model, params)
 
     results: list[StageResult] = []
-    rounds: list[dict[str, Any]] = []
     if loaded is None:
         dense = run.train(Stage(PRETRAIN_KEY, 0, "dense", cfg.trainer.epochs), model, None, keep_weights=True)
         results.append(dense)
-        rounds.append(round_entry(0, total, total, dense))
         source: dict[str, Any] = {"source": PRETRAIN_KEY, "source_kind": "in_run"}
     else:
         source = {"source": str(loaded[0]), "source_kind": loaded[1]}
+    pretrained = run.evaluate(model, "pretrained/evaluate", 0)
+    rounds = [round_summary(0, total, total, results[0] if results else pretrained)]
     section: dict[str, Any] = {
         **source,
         "structure": method.structure,
-        "scope": "layerwise" if method.structure == "filter" else cfg.sparsity.scope,
+        "scope": scope,
         "finetune_epochs": finetune_epochs,
         "finetune_lr": finetune_optim.lr,
+        "pretrained": {"val_acc": pretrained.best_val_acc, "test_acc": pretrained.final_test_acc},
     }
-    run.write_summary(_running_summary(run, total, rounds, results, section))
+    run.write_summary(total, results=results, final=rounds[0].ticket, kept=total, round_index=0, rounds=rounds,
+                      details={"l1": section}, complete=False)  # fmt: skip
 
-    mask = _mask(run, method, params)
+    def prune() -> Mask:
+        return l1_mask(params, cfg.sparsity.target, structure=method.structure, scope=scope)
+
+    mask = run.mask(MASK_NAME, prune, round=1, structure=method.structure)
     section.update(
         weight_density=mask.density(),
         filter_density=filter_density(mask),
         layer_filters_kept=filters_kept(mask),
         layer_filters_total={name: keep.shape[0] for name, keep in mask.items()},
     )
-    enforcer = MaskEnforcer(params)
-    section.update(_evaluation(run, model, enforcer, mask))  # leaves the model masked and the enforcer set
+    enforcer = MaskEnforcer(params, mask)
+    enforcer.apply_to_weights()
+    pruned = run.evaluate(model, "pruned/evaluate", 1, density=mask.density())
+    section["pruned"] = {"val_acc": pruned.best_val_acc, "test_acc": pruned.final_test_acc}
 
-    finetune = run.train(
-        Stage(FINETUNE_KEY, 1, "ticket", finetune_epochs, density=mask.density()), model, enforcer, optim=finetune_optim
-    )
-    results.append(finetune)
-    kept = mask.num_kept()
-    rounds.append(round_entry(1, kept, total, finetune))
-    final = final_block(finetune, kept, total)
-    if finetune.epochs_trained == 0:  # nothing fine-tuned: the pruned network is what is delivered
-        pruned = section["pruned"]
-        final.update(
-            test_acc=pruned["test_acc"],
-            best_val_test_acc=pruned["test_acc"],
-            final_test_acc=pruned["test_acc"],
-            best_val_acc=pruned["val_acc"],
+    if finetune_epochs > 0:
+        final = run.train(
+            Stage(FINETUNE_KEY, 1, "ticket", finetune_epochs, density=mask.density()),
+            model,
+            enforcer,
+            optim=finetune_optim,
         )
-    final["filter_density"] = section["filter_density"]
-    summary = {
-        **header(run, total, complete=True),
-        "final": final,
-        "l1": section,
-        "stages": {r.key: stage_summary(r) for r in results},
-        "rounds": rounds,
-        "cost": cost(results),
-    }
-    run.write_summary(summary)
-    return summary
+        results.append(final)
+    else:  # nothing fine-tuned: the pruned network is what is delivered
+        final = pruned
+    controls = {}
+    if method.controls:
+        start = ControlStart(init_state, 0)
+        controls = train_controls(
+            run, method.controls, round_index=1, mask=mask, model=model, enforcer=enforcer, start=start
+        )
+        results.extend(controls.values())
+    rounds.append(round_summary(1, mask.num_kept(), total, final, controls))
+    return run.write_summary(total, results=results, final=final, kept=mask.num_kept(), round_index=1,
+                             rounds=rounds, controls=controls, details={"l1": section}, complete=True)  # fmt: skip
 
 
 def _load_pretrained(run: RunContext, model: nn.Module) -> tuple[Path, str]:
@@ -239,73 +238,14 @@ def _load_pretrained(run: RunContext, model: nn.Module) -> tuple[Path, str]:
     state = read_state_dict(path)
     check_compatible(state, model, path)
     unwrap(model).load_state_dict(state)
-    run.tracker.log("message", text=f"l1: pre-trained weights from {path}")
+    run.message(f"l1: pre-trained weights from {path}")
     return path, kind
 
 
 def _warn_classifier(run: RunContext, model: nn.Module, params: Mapping[str, nn.Parameter]) -> None:
     layers = list(prunable_parameters(model))
     if layers and layers[-1] in params:
-        run.tracker.log(
-            "message",
-            text=f"l1: structure=filter also removes output units of the classifier {layers[-1]} "
-            f"(sparsity.exclude_last=true keeps it dense)",
+        run.message(
+            f"l1: structure=filter also removes output units of the classifier {layers[-1]} "
+            f"(sparsity.exclude_last=true keeps it dense)"
         )
-
-
-def _mask(run: RunContext, method: L1Config, params: Mapping[str, nn.Parameter]) -> Mask:
-    """The mask: read back when a previous attempt saved it, else computed from the pre-trained weights."""
-    saved = run.saved_mask(MASK_NAME)
-    if saved is not None:
-        return saved
-    sparsity = run.cfg.sparsity
-    mask = l1_mask(params, sparsity.target, structure=method.structure, scope=sparsity.scope)
-    mask = run.save_mask(MASK_NAME, mask)
-    run.tracker.log(
-        "prune",
-        round=1,
-        structure=method.structure,
-        density=mask.density(),
-        kept=mask.num_kept(),
-        total=mask.numel(),
-        filter_density=filter_density(mask),
-        layer_densities=mask.layer_densities(),
-        layer_filters_kept=filters_kept(mask),
-    )
-    return mask
-
-
-def _evaluation(run: RunContext, model: nn.Module, enforcer: MaskEnforcer, mask: Mask) -> dict[str, Any]:
-    """Validation and test accuracy of the pre-trained network and of the pruned one before fine-tuning, computed
-    once and read back on resume. Afterwards ``model`` holds the masked pre-trained weights."""
-    saved = run.load_state_tensors(EVALUATION_NAME)
-    if saved is None:
-        evaluator = Trainer(
-            model, run.data, optim=run.cfg.optim, trainer=dataclasses.replace(run.cfg.trainer, compile=False)
-        )
-        saved = {"pretrained": _accuracies(run, evaluator)}
-        enforcer.set_mask(mask)
-        enforcer.apply_to_weights()
-        saved["pruned"] = _accuracies(run, evaluator)
-        run.save_state_tensors(EVALUATION_NAME, saved)
-        run.tracker.log("l1_evaluation", **saved)
-    else:
-        enforcer.set_mask(mask)
-        enforcer.apply_to_weights()
-    return saved
-
-
-def _accuracies(run: RunContext, evaluator: Trainer) -> dict[str, float | None]:
-    val = evaluator.evaluate("val")
-    test = evaluator.evaluate("test") if run.cfg.trainer.eval_test else None
-    return {"val_acc": val[1] if val else None, "test_acc": test[1] if test else None}
-
-
-def _running_summary(
-    run: RunContext, total: int, rounds: list[dict], results: list[StageResult], section: dict[str, Any]
-) -> dict[str, Any]:
-    summary = {**header(run, total, complete=False), "l1": section, "rounds": list(rounds), "cost": cost(results)}
-    if results:
-        summary["final"] = final_block(results[-1], total, total)
-        summary["stages"] = {r.key: stage_summary(r) for r in results}
-    return summary

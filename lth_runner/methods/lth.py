@@ -7,9 +7,9 @@ repeats 2-4 for n rounds, each pruning p^(1/n)% of the survivors. Late rewinding
 Connectivity and the Lottery Ticket Hypothesis", ICML 2020) resets to theta_k, the state after k epochs or
 iterations, and resumes the learning-rate schedule at k.
 
-Controls, selectable with ``method.controls`` (F&C Sec. 2, Figs. 3-4):
-- ``reinit``: the ticket's mask on a fresh random initialisation (a new seed), trained from step 0;
-- ``random_prune``: a random mask with the ticket's per-layer kept counts, on the rewind-point weights.
+Controls (``method.controls``, :mod:`lth_runner.methods.controls`; F&C Sec. 2, Figs. 3-4) train after every
+round (or the last, ``method.control_rounds=last``): ``reinit`` (the ticket's mask on a fresh initialisation, from
+step 0) and ``random_prune`` (a random mask with the ticket's per-layer counts, on the rewind-point weights).
 
 Choices where the papers leave room (also in docs/methods.md):
 - the per-round schedule comes from the ``sparsity`` group: ``geometric`` (density after round i is
@@ -21,14 +21,14 @@ Choices where the papers leave room (also in docs/methods.md):
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
 
 from lth_runner.config.schema import LTHConfig
 from lth_runner.errors import ConfigError
-from lth_runner.methods import METHODS
-from lth_runner.methods.summary import cost, header, round_entry
+from lth_runner.methods.controls import ControlStart, train_controls
 from lth_runner.session import RunContext
 from lth_runner.sparse import (
     CRITERIA,
@@ -40,6 +40,7 @@ from lth_runner.sparse import (
     round_densities,
 )
 from lth_runner.sparse.prunable import unwrap
+from lth_runner.summary import Summary, round_summary
 from lth_runner.training.trainer import Stage, StageResult
 from lth_runner.utils.seeding import derive_seed
 
@@ -63,19 +64,17 @@ class RewindCapture:
             self._capture(trainer)
 
 
-@METHODS.register("lth", config=LTHConfig)
-def lth(run: RunContext) -> dict[str, Any]:
+def lth(run: RunContext) -> Summary:
     """One-shot LTH: train, prune straight to the target sparsity, rewind, retrain."""
     return iterative_magnitude_pruning(run, one_shot=True)
 
 
-@METHODS.register("lth_iter", config=LTHConfig)
-def lth_iter(run: RunContext) -> dict[str, Any]:
+def lth_iter(run: RunContext) -> Summary:
     """LTH-Iter / IMP: ``sparsity.rounds`` rounds of train, prune, rewind."""
     return iterative_magnitude_pruning(run, one_shot=False)
 
 
-def iterative_magnitude_pruning(run: RunContext, *, one_shot: bool) -> dict[str, Any]:
+def iterative_magnitude_pruning(run: RunContext, *, one_shot: bool) -> Summary:
     cfg, method = run.cfg, run.cfg.method
     assert isinstance(method, LTHConfig)
     epochs = cfg.trainer.epochs
@@ -90,13 +89,9 @@ def iterative_magnitude_pruning(run: RunContext, *, one_shot: bool) -> dict[str,
     params = run.prunable(model)
     total = sum(p.numel() for p in params.values())
     init_state = {k: v.detach().clone() for k, v in unwrap(model).state_dict().items()}
-    enforcer = MaskEnforcer(params)
     mask = Mask.ones_like(params)
-    enforcer.set_mask(mask)
-    run.log_start(
-        total,
-        densities=densities,
-    )
+    enforcer = MaskEnforcer(params, mask)
+    run.log_start(total, densities=densities)
 
     keep_best = method.prune_from == "best_val"
     hooks = [RewindCapture(run, method.rewind_to, method.rewind_unit)] if method.rewind_to > 0 else []
@@ -104,22 +99,27 @@ def iterative_magnitude_pruning(run: RunContext, *, one_shot: bool) -> dict[str,
         Stage("round00/dense", 0, "dense", epochs), model, enforcer, hooks, keep_weights=True, keep_best_state=keep_best
     )
     results: list[StageResult] = [dense]
-    rounds = [round_entry(0, total, total, dense)]
-    summary = _summary(run, total, densities, rounds, results, complete=False)
-    run.write_summary(summary)
+    rounds = [round_summary(0, total, total, dense)]
+    details = {"planned_densities": densities}
 
-    rewind_state, rewind_step = _rewind_point(run, method, init_state)
+    def summarise(ticket: StageResult, kept: int, index: int, controls: dict, complete: bool) -> Summary:
+        return run.write_summary(total, results=results, final=ticket, kept=kept, round_index=index, rounds=rounds,
+                                 controls=controls, details=details, complete=complete)  # fmt: skip
+
+    summary = summarise(dense, total, 0, {}, complete=not densities)
+    start = _rewind_point(run, method, init_state)
     previous_key = dense.key
     control_rounds = set(range(1, len(densities) + 1)) if method.control_rounds == "all" else {len(densities)}
     for round_index, density in enumerate(densities, start=1):
-        mask = _round_mask(run, method, round_index, density, mask, params, previous_key)
+        prune = functools.partial(_prune, run, params, previous_key, mask, density, round_index)
+        mask = run.mask(f"round_{round_index:02d}", prune, round=round_index)
         run.release_weights(previous_key)
 
-        unwrap(model).load_state_dict(rewind_state)
+        unwrap(model).load_state_dict(start.state)
         enforcer.set_mask(mask)
         ticket_key = f"round{round_index:02d}/ticket"
         ticket = run.train(
-            Stage(ticket_key, round_index, "ticket", epochs, start_step=rewind_step, density=mask.density()),
+            Stage(ticket_key, round_index, "ticket", epochs, start_step=start.step, density=mask.density()),
             model,
             enforcer,
             keep_weights=round_index < len(densities),
@@ -127,17 +127,28 @@ def iterative_magnitude_pruning(run: RunContext, *, one_shot: bool) -> dict[str,
         )
         results.append(ticket)
         controls = {}
-        if round_index in control_rounds:
-            controls = _run_controls(run, method, round_index, model, enforcer, mask, rewind_state, rewind_step)
+        if round_index in control_rounds and method.controls:
+            controls = train_controls(
+                run, method.controls, round_index=round_index, mask=mask, model=model, enforcer=enforcer, start=start
+            )
             results.extend(controls.values())
-        rounds.append(round_entry(round_index, mask.num_kept(), total, ticket, controls))
+        rounds.append(round_summary(round_index, mask.num_kept(), total, ticket, controls))
         previous_key = ticket_key
-        summary = _summary(run, total, densities, rounds, results, complete=round_index == len(densities))
-        run.write_summary(summary)
-    if not densities:
-        summary["status"] = "complete"
-        run.write_summary(summary)
+        summary = summarise(ticket, mask.num_kept(), round_index, controls, complete=round_index == len(densities))
     return summary
+
+
+def _prune(
+    run: RunContext, params: dict[str, torch.nn.Parameter], key: str, alive: Mask, density: float, index: int
+) -> Mask:
+    """The round's mask: ``density`` of the weights by the criterion, among the survivors ``alive``, ranked on the
+    weights stage ``key`` ended with (or its best-validation weights, ``method.prune_from=best_val``)."""
+    method = run.cfg.method
+    weights = run.load_weights(key, "best" if method.prune_from == "best_val" else "final")
+    scores = CRITERIA.get(method.criterion)(
+        {n: weights[n] for n in params}, ScoreContext(seed=derive_seed(run.cfg.seed, "criterion", index))
+    )
+    return prune_to_density(scores, density, scope=run.cfg.sparsity.scope, alive=alive)
 
 
 def _check_rewind(method: LTHConfig, epochs: int, steps_per_epoch: int) -> None:
@@ -150,103 +161,10 @@ def _check_rewind(method: LTHConfig, epochs: int, steps_per_epoch: int) -> None:
         )
 
 
-def _rewind_point(run: RunContext, method: LTHConfig, init_state: dict[str, torch.Tensor]) -> tuple[dict, int]:
+def _rewind_point(run: RunContext, method: LTHConfig, init_state: dict[str, torch.Tensor]) -> ControlStart:
     if method.rewind_to == 0:
-        return init_state, 0
+        return ControlStart(init_state, 0)
     payload = run.load_state_tensors("rewind")
     if payload is None:
         raise RuntimeError("the rewind point was not captured during dense training")
-    return payload["model"], int(payload["step"])
-
-
-def _round_mask(
-    run: RunContext,
-    method: LTHConfig,
-    round_index: int,
-    density: float,
-    alive: Mask,
-    params: dict[str, torch.nn.Parameter],
-    previous_key: str,
-) -> Mask:
-    """The mask of this round: read back when a previous attempt saved it, else pruned from the last weights."""
-    name = f"round_{round_index:02d}"
-    saved = run.saved_mask(name)
-    if saved is not None:
-        return saved
-    which = "best" if method.prune_from == "best_val" else "final"
-    weights = run.load_weights(previous_key, which)
-    ranked = {n: weights[n] for n in params}
-    scores = CRITERIA.get(method.criterion)(
-        ranked, ScoreContext(seed=derive_seed(run.cfg.seed, "criterion", round_index))
-    )
-    mask = prune_to_density(scores, density, scope=run.cfg.sparsity.scope, alive=alive)
-    mask = run.save_mask(name, mask)
-    run.tracker.log(
-        "prune",
-        round=round_index,
-        density=mask.density(),
-        kept=mask.num_kept(),
-        total=mask.numel(),
-        layer_densities=mask.layer_densities(),
-    )
-    return mask
-
-
-def _run_controls(
-    run: RunContext,
-    method: LTHConfig,
-    round_index: int,
-    model: torch.nn.Module,
-    enforcer: MaskEnforcer,
-    mask: Mask,
-    rewind_state: dict,
-    rewind_step: int,
-) -> dict[str, StageResult]:
-    controls: dict[str, StageResult] = {}
-    epochs = run.cfg.trainer.epochs
-    for control in method.controls:
-        key = f"round{round_index:02d}/{control}"
-        if control == "reinit":
-            fresh = run.new_model("reinit", round_index)
-            unwrap(model).load_state_dict(unwrap(fresh).state_dict())
-            control_mask, start = mask, 0
-        else:  # random_prune
-            control_mask = run.saved_mask(f"round_{round_index:02d}_random")
-            if control_mask is None:
-                control_mask = Mask.random_like(mask, generator=run.generator("random_prune", round_index))
-                control_mask = run.save_mask(f"round_{round_index:02d}_random", control_mask)
-            unwrap(model).load_state_dict(rewind_state)
-            start = rewind_step
-        enforcer.set_mask(control_mask)
-        controls[control] = run.train(
-            Stage(key, round_index, control, epochs, start_step=start, density=control_mask.density()), model, enforcer
-        )
-    enforcer.set_mask(mask)
-    return controls
-
-
-def _summary(
-    run: RunContext,
-    total: int,
-    densities: list[float],
-    rounds: list[dict],
-    results: list[StageResult],
-    *,
-    complete: bool,
-) -> dict[str, Any]:
-    last = rounds[-1]
-    final = {
-        "round": last["round"],
-        "density": last["density"],
-        "kept": last["kept"],
-        "test_acc": last["ticket"]["best_val_test_acc"],
-        **last["ticket"],
-        "controls": last["controls"],
-    }
-    return {
-        **header(run, total, complete=complete),
-        "planned_densities": densities,
-        "rounds": rounds,
-        "final": final,
-        "cost": cost(results),
-    }
+    return ControlStart(payload["model"], int(payload["step"]))

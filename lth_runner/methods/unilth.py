@@ -6,9 +6,9 @@ Stage 1 (lines 1-6): train the dense network with no regularization (and no weig
 (optionally the optimizer too).
 
 Stage 2 (lines 7-16): train for ``E`` epochs under a growing penalty ``alpha(phi) * ||w_S||^2`` (regularizer group:
-linear, LogLaw, ExpLaw, TanLaw; ceiling R_ceil), and prune ``psi = sparsity.rounds`` times, at iterations
-``M/psi * gamma`` (line 12). Each event keeps ``r^(gamma/psi)`` of the weights (``p = 1 - r^(1/psi)`` of the
-survivors, Sec. 3.1); the last one lands exactly on the target count.
+linear, LogLaw, ExpLaw, TanLaw; ceiling R_ceil), and prune ``psi = sparsity.rounds`` times (line 12). Event gamma
+keeps ``r^(gamma/psi)`` of the weights (``p = 1 - r^(1/psi)`` of the survivors, Sec. 3.1; any schedule of the
+sparsity group works, ``fixed_fraction`` too); the last one lands exactly on the target count.
 - UniLTH penalises every prunable weight and prunes the smallest-magnitude survivors (globally, or per layer with
   ``sparsity.scope=layerwise``).
 - UniDLTH draws, after the rewind, a random "unimportant" set U (per layer, uniform, seeded) of the size the target
@@ -16,14 +16,21 @@ survivors, Sec. 3.1); the last one lands exactly on the target count.
   the last event empties U (line 15).
 
 Choices where the paper leaves room (all options; also in docs/methods.md):
-- The last event happens at the last iteration (line 12 with gamma = psi) and training stops (line 15): the network
-  is not trained at its final density. That is cheap in the paper's 200-epoch regime, where the penalty has nearly
-  zeroed what the last event removes, and costly in short runs; ``finetune_epochs`` adds training after it.
-- ``reset_after_prune=false`` (default) follows Algorithm 1: stage 2 is one continuous run, the penalty grows over
-  its E epochs, and the network delivered is the one after the last event (plus ``finetune_epochs``, default 0).
-  ``true`` follows Sec. 3.3's "repeatedly train, prune, and reset". Round gamma prunes the weights trained in round
-  gamma-1 (round 1 prunes the weights at the stop of stage 1), resets the survivors to the rewind point, and trains
-  E/psi epochs. The penalty's phi continues across rounds, so it grows exactly as in the continuous reading.
+- When the events happen (``method.last_event``). Algorithm 1 as printed prunes at iterations ``M/psi * gamma``,
+  so the last event is the last optimizer step and training stops there (line 15): the delivered network is never
+  trained at its final mask. For UniDLTH that event removes U's largest remaining weights; in short runs the
+  penalty has not yet zeroed them and the network collapses (91% -> 16% on the MNIST recipe of docs/results.md).
+  Sec. 3.3 describes rounds that train the survivors ("repeatedly train, prune, and reset", "the remaining weights
+  in the final round has been constantly verified"), and DLTH, which UniDLTH extends, always trains after its
+  removal. The default, ``before_end``, keeps psi evenly spaced events but places them at ``M/(psi+1) * gamma``,
+  so the final interval of stage 2 (``E/(psi+1)`` epochs) trains the final mask under the same schedule and
+  penalty. ``at_end`` is the literal reading. ``finetune_epochs`` adds training without penalty after stage 2
+  with either.
+- ``reset_after_prune=false`` (default) trains stage 2 as one continuous run. ``true`` follows Sec. 3.3's "train,
+  prune, and reset": round gamma prunes the weights trained in round gamma-1 (round 1 prunes the weights at the
+  stop of stage 1), resets the survivors to the rewind point, and trains its share of the E epochs (an exact
+  integer split: round gamma ends after ``round(gamma * E / psi)`` epochs, so the rounds add up to E). The
+  penalty's phi continues from where the previous round ended, so it grows exactly as in the continuous reading.
 - phi counts stage-2 epochs, fractionally per iteration (``regularizer.granularity=epoch`` holds it per epoch). E
   is ``stage2_epochs``, by default what remains of ``trainer.epochs`` after the rewind epoch, so stage 1 plus
   stage 2 spend the usual budget. The learning-rate schedule continues from the rewind epoch
@@ -46,13 +53,13 @@ from torch import nn
 
 from lth_runner.config.schema import UniLTHConfig
 from lth_runner.errors import ConfigError
-from lth_runner.methods import METHODS
-from lth_runner.methods.summary import cost, final_block, header, stage_summary
+from lth_runner.methods.controls import ControlStart, train_controls
 from lth_runner.session import RunContext
-from lth_runner.sparse import CRITERIA, Mask, MaskEnforcer, ScoreContext, geometric_densities, kept_count
+from lth_runner.sparse import CRITERIA, Mask, MaskEnforcer, ScoreContext, kept_count, round_densities
 from lth_runner.sparse.prunable import unwrap
 from lth_runner.sparse.schedule import remaining_fraction
 from lth_runner.sparse.select import select_top
+from lth_runner.summary import Summary, round_summary
 from lth_runner.training import EarlyStop, GrowingPenalty, KeepSnapshots, PruneEvent, PruneSchedule, SnapshotBuffer
 from lth_runner.training.trainer import Stage, StageResult
 from lth_runner.utils.seeding import derive_seed
@@ -60,14 +67,12 @@ from lth_runner.utils.seeding import derive_seed
 DEFAULT_CEILING = {"unilth": 1e-3, "unidlth": 1e-2}
 
 
-@METHODS.register("unilth", config=UniLTHConfig, uses_regularizer=True)
-def unilth(run: RunContext) -> dict[str, Any]:
+def unilth(run: RunContext) -> Summary:
     """Find a winning ticket: early stopping + rewind, then pruning under a growing penalty on all weights."""
     return unified(run, dual=False)
 
 
-@METHODS.register("unidlth", config=UniLTHConfig, uses_regularizer=True)
-def unidlth(run: RunContext) -> dict[str, Any]:
+def unidlth(run: RunContext) -> Summary:
     """Transform a random ticket: as UniLTH, but the penalty and the pruning act on a random set only."""
     return unified(run, dual=True)
 
@@ -94,33 +99,25 @@ class SaveRewindPoint:
         )
 
 
-def unified(run: RunContext, *, dual: bool) -> dict[str, Any]:
+def unified(run: RunContext, *, dual: bool) -> Summary:
     cfg, method = run.cfg, run.cfg.method
     assert isinstance(method, UniLTHConfig)
     name = method.name
     reg = cfg.regularizer
     ceiling = reg.ceiling if reg.ceiling is not None else DEFAULT_CEILING[name]
-    rounds = cfg.sparsity.rounds
+    sparsity = cfg.sparsity
+    densities = round_densities(sparsity.target, schedule=sparsity.schedule, rounds=sparsity.rounds, rate=sparsity.rate)
     total_epochs = cfg.trainer.epochs
     steps_per_epoch = run.data.num_train_batches()
-    if cfg.sparsity.schedule != "geometric":
-        raise ConfigError(
-            "sparsity.schedule",
-            cfg.sparsity.schedule,
-            f"geometric: {name} prunes r^(gamma/psi) per event (seed 000, Sec. 3.1)",
-        )
     if run.data.size("val") == 0:
         raise ConfigError("dataset.val_size", cfg.dataset.val_size, f"> 0: {name} stops stage 1 on validation loss")
 
     model = run.new_model("init")
     params = run.prunable(model)
     total = sum(p.numel() for p in params.values())
+    init_state = {k: v.detach().clone() for k, v in unwrap(model).state_dict().items()}
     enforcer = MaskEnforcer(params, Mask.ones_like(params))
-    run.log_start(
-        total,
-        regularizer=reg.name,
-        ceiling=ceiling,
-    )
+    run.log_start(total, regularizer=reg.name, ceiling=ceiling, densities=densities)
     decay = cfg.optim.weight_decay
 
     # ------------------------------------------------------------------ stage 1: early stopping and rewind
@@ -146,7 +143,6 @@ def unified(run: RunContext, *, dual: bool) -> dict[str, Any]:
         "stopped_by": rewind["stopped_by"],
         "rewind_epoch": rewind["epoch"],
         "rewind_step": rewind["step"],
-        **stage_summary(stage1),
     }
     results = [stage1]
 
@@ -159,16 +155,9 @@ def unified(run: RunContext, *, dual: bool) -> dict[str, Any]:
             method.stage2_epochs,
             f">= 1 (stage 1 stopped at epoch {rewind['stop_epoch']} of trainer.epochs={total_epochs})",
         )
-    if stage2_epochs * steps_per_epoch < rounds:
-        raise ConfigError(
-            "sparsity.rounds",
-            rounds,
-            f"at most {stage2_epochs * steps_per_epoch} (the optimizer steps of stage 2) pruning events",
-        )
-    unimportant = _unimportant_set(run, params) if dual else None
-    plan = _event_counts(params, cfg.sparsity.target, rounds, cfg.sparsity.scope, unimportant)
-    selector = _selector(run, params, unimportant, plan)
-    weight_decay = decay if method.weight_decay in ("stage2", "both") else 0.0
+    _check_event_room(method, len(densities), stage2_epochs, steps_per_epoch)
+    unimportant = run.mask("unimportant", lambda: _draw_unimportant(run, params)) if dual else None
+    plan = _event_counts(params, densities, sparsity.scope, unimportant)
     stage2 = _Stage2(
         run,
         model,
@@ -177,52 +166,85 @@ def unified(run: RunContext, *, dual: bool) -> dict[str, Any]:
         rewind,
         unimportant,
         plan,
-        selector,
         ceiling=ceiling,
         epochs=stage2_epochs,
         start_epoch=start_epoch,
         steps_per_epoch=steps_per_epoch,
-        weight_decay=weight_decay,
+        weight_decay=decay if method.weight_decay in ("stage2", "both") else 0.0,
     )
-    last, stage2_results = (_train_with_resets if method.reset_after_prune else _train_continuously)(stage2)
+    mode = _train_with_resets if method.reset_after_prune else _train_continuously
+    last, stage2_results = mode(stage2)
     results += stage2_results
     mask = enforcer.mask
     assert mask is not None
 
+    final_round = len(densities)
     if method.finetune_epochs:
         last = run.train(
             Stage(
                 "stage3/finetune",
-                rounds + 1,
+                final_round,
                 "finetune",
                 epochs=method.finetune_epochs,
                 density=mask.density(),
-                weight_decay=weight_decay,
+                weight_decay=stage2.weight_decay,
             ),
             model,
             enforcer,
         )
         results.append(last)
+    controls = {}
+    if method.controls:
+        start = ControlStart(init_state, 0)
+        controls = train_controls(
+            run, method.controls, round_index=final_round, mask=mask, model=model, enforcer=enforcer, start=start
+        )
+        results.extend(controls.values())
 
+    rounds = [round_summary(0, total, total, stage1)]
+    if method.reset_after_prune:
+        rounds += [round_summary(e.index, e.kept, total, r) for e, r in zip(plan.events[:-1], stage2_results[:-1])]
+    rounds.append(round_summary(final_round, mask.num_kept(), total, last, controls))
     events = [{"event": e.index, "step": e.step, "kept": e.kept, "density": e.kept / total} for e in plan.events]
-    summary = {
-        **header(run, total, complete=True),
+    details = {
         "stage1": info1,
         "stage2": {
             "mode": "reset" if method.reset_after_prune else "continuous",
+            "last_event": method.last_event,
             "epochs": stage2_epochs,
             "law": reg.name,
             "ceiling": ceiling,
             "gradient_scale": reg.gradient_scale,
             "granularity": reg.granularity,
             "events": events,
-            **({"unimportant": int(sum(int(u.sum()) for _, u in unimportant.items()))} if dual else {}),
+            **({"unimportant": unimportant.num_kept()} if unimportant is not None else {}),
         },
-        "final": final_block(last, mask.num_kept(), total),
-        "cost": cost(results, ticket_found_epoch=rewind["stop_epoch"]),
     }
-    run.write_summary(summary)
-    return summary
+    return run.write_summary(
+        total,
+        results=results,
+        final=last,
+        kept=mask.num_kept(),
+        round_index=final_round,
+        rounds=rounds,
+        controls=controls,
+        details=details,
+        complete=True,
+        ticket_found_epoch=rewind["stop_epoch"],
+    )
+
+
+def _check_event_room(method: UniLTHConfig, events: int, epochs: int, steps_per_epoch: int) -> None:
+    """Every event needs its own optimizer step (and, read with resets, every round at least one epoch)."""
+    if method.reset_after_prune:
+        if epochs < events:
+            raise ConfigError(
+                "sparsity.rounds", events, f"at most {epochs} (the epochs of stage 2: one per round with resets)"
+            )
+        return
+    room = epochs * steps_per_epoch - (1 if method.last_event == "before_end" else 0)
+    if room < events:
+        raise ConfigError("sparsity.rounds", events, f"at most {room} (the optimizer steps of stage 2) pruning events")
 
 
 # ---------------------------------------------------------------------------------------------------- stage 2
@@ -235,16 +257,15 @@ class _Plan:
 
 
 def _event_counts(
-    params: dict[str, torch.nn.Parameter], target: float, rounds: int, scope: str, unimportant: Mask | None
+    params: dict[str, torch.nn.Parameter], densities: list[float], scope: str, unimportant: Mask | None
 ) -> _Plan:
-    """Kept counts after each of the ``rounds`` events.
+    """Kept counts after each event, for event densities ``densities`` (the last is the target's).
 
-    UniLTH: ``r^(gamma/psi)`` of the weights (per layer with the layerwise scope), never increasing.
-    UniDLTH: a growing share of U is removed, ``(1 - r^(gamma/psi)) / (1 - r)`` of it, and all of it at the end.
+    UniLTH: ``densities[gamma-1]`` of the weights (per layer with the layerwise scope), never increasing.
+    UniDLTH: a growing share of U is removed, ``(1 - d_gamma) / (1 - r)`` of it, and all of it at the end.
     """
     sizes = {n: p.numel() for n, p in params.items()}
-    densities = geometric_densities(target, rounds)
-    remaining = remaining_fraction(target)
+    remaining = densities[-1]
     if unimportant is not None:
         share = [(1 - d) / (1 - remaining) if remaining < 1 else 1.0 for d in densities[:-1]] + [1.0]
         u_sizes = {n: int(unimportant[n].sum()) for n in sizes}
@@ -266,38 +287,30 @@ def _event_counts(
     return _Plan(counts, None)
 
 
-def _selector(run: RunContext, params: dict[str, torch.nn.Parameter], unimportant: Mask | None, plan: _Plan):
-    """``select(trainer, alive, event) -> mask``: the smallest-magnitude survivors go (inside U for UniDLTH)."""
+def _select(
+    run: RunContext, params: dict[str, torch.nn.Parameter], unimportant: Mask | None, plan: _Plan, alive: Mask, event
+) -> Mask:
+    """The mask after ``event``: the smallest-magnitude survivors go (only inside U for UniDLTH)."""
     criterion = CRITERIA.get(run.cfg.method.criterion)
-
-    def select(_trainer: Any, alive: Mask, event: PruneEvent) -> Mask:
-        context = ScoreContext(seed=derive_seed(run.cfg.seed, "criterion", event.index))
-        scores = criterion({n: p.detach() for n, p in params.items()}, context)
-        if unimportant is not None:  # weights outside U can never be chosen for removal
-            scores = {n: s.masked_fill(~unimportant[n], math.inf) for n, s in scores.items()}
-        if plan.layer_kept is not None:
-            layer = plan.layer_kept[event.index - 1]
-            return Mask({n: select_top({n: scores[n]}, layer[n], Mask({n: alive[n]}))[n] for n in scores})
-        return select_top(scores, event.kept, alive)
-
-    return select
+    context = ScoreContext(seed=derive_seed(run.cfg.seed, "criterion", event.index))
+    scores = criterion({n: p.detach() for n, p in params.items()}, context)
+    if unimportant is not None:  # weights outside U can never be chosen for removal
+        scores = {n: s.masked_fill(~unimportant[n], math.inf) for n, s in scores.items()}
+    if plan.layer_kept is not None:
+        layer = plan.layer_kept[event.index - 1]
+        return Mask({n: select_top({n: scores[n]}, layer[n], Mask({n: alive[n]}))[n] for n in scores})
+    return select_top(scores, event.kept, alive)
 
 
-def _unimportant_set(run: RunContext, params: dict[str, torch.nn.Parameter]) -> Mask:
+def _draw_unimportant(run: RunContext, params: dict[str, torch.nn.Parameter]) -> Mask:
     """UniDLTH's random set U (True = unimportant): per layer, uniform, the size the target sparsity requires."""
-    saved = run.saved_mask("unimportant")
-    if saved is not None:
-        return saved
-    remaining = remaining_fraction(run.cfg.sparsity.target)
     keep = Mask.random(
         {n: p.shape for n, p in params.items()},
-        remaining,
+        remaining_fraction(run.cfg.sparsity.target),
         generator=run.generator("unimportant"),
         device=next(iter(params.values())).device,
     )
-    unimportant = Mask({n: ~keep[n] for n in keep})
-    unimportant = run.save_mask("unimportant", unimportant)
-    return unimportant
+    return Mask({n: ~keep[n] for n in keep})
 
 
 @dataclasses.dataclass
@@ -312,7 +325,6 @@ class _Stage2:
     rewind: dict[str, Any]
     unimportant: Mask | None
     plan: _Plan
-    select: Callable[[Any, Mask, PruneEvent], Mask]
     ceiling: float
     epochs: int  # E of the laws
     start_epoch: int  # the schedule position stage 2 starts from (the rewind epoch, or 0)
@@ -326,10 +338,6 @@ class _Stage2:
     @property
     def start_step(self) -> int:
         return self.start_epoch * self.steps_per_epoch
-
-    @property
-    def total(self) -> int:
-        return sum(p.numel() for p in self.params.values())
 
     def penalty(self, offset_epochs: float = 0.0) -> GrowingPenalty:
         reg = self.run.cfg.regularizer
@@ -345,6 +353,11 @@ class _Stage2:
             gradient_scale=reg.gradient_scale,
             offset_epochs=offset_epochs,
         )
+
+    def prune(self, alive: Mask, event: PruneEvent) -> Mask:
+        """The mask of ``event`` (``masks/round_XX.pt``): read back if saved, else selected, saved and logged."""
+        select: Callable[[], Mask] = lambda: _select(self.run, self.params, self.unimportant, self.plan, alive, event)  # noqa: E731
+        return self.run.mask(f"round_{event.index:02d}", select, round=event.index, step=event.step)
 
     def stage(self, key: str, round_index: int, phase: str, length: int, density: float = 1.0) -> Stage:
         """A stage of ``length`` epochs starting at the rewind point (the schedule continues from there)."""
@@ -368,50 +381,44 @@ class _Stage2:
             stage, self.model, self.enforcer, hooks, keep_weights=keep_weights, optimizer_state=optimizer
         )
 
-    def record(self, mask: Mask, event: PruneEvent) -> Mask:
-        """Save (as agreed by every rank) and log the mask of pruning event ``event``."""
-        mask = self.run.save_mask(f"round_{event.index:02d}", mask)
-        self.run.tracker.log(
-            "prune",
-            round=event.index,
-            step=event.step,
-            density=mask.density(),
-            kept=mask.num_kept(),
-            total=self.total,
-            layer_densities=mask.layer_densities(),
-        )
-        return mask
-
 
 def _train_continuously(s: _Stage2) -> tuple[StageResult, list[StageResult]]:
-    """Algorithm 1: one run of ``E`` epochs with the pruning events at iterations ``M/psi * gamma``."""
+    """One run of ``E`` epochs with ``psi`` evenly spaced pruning events: at iterations ``M/(psi+1) * gamma``
+    (``last_event=before_end``, the final interval trains the final mask) or ``M/psi * gamma`` (``at_end``)."""
     steps = s.epochs * s.steps_per_epoch
+    intervals = s.rounds + 1 if s.run.cfg.method.last_event == "before_end" else s.rounds
     s.plan.events = [
-        PruneEvent(g, s.start_step + math.floor(g * steps / s.rounds + 0.5), s.plan.kept[g - 1])
+        PruneEvent(g, s.start_step + math.floor(g * steps / intervals + 0.5), s.plan.kept[g - 1])
         for g in range(1, s.rounds + 1)
     ]
-    schedule = PruneSchedule(s.enforcer, s.plan.events, s.select, lambda mask, event, _: s.record(mask, event))
-    result = s.train(s.stage("stage2/prune", 1, "prune", s.epochs), [s.penalty(), schedule], keep_weights=True)
+    schedule = PruneSchedule(s.enforcer, s.plan.events, lambda _trainer, alive, event: s.prune(alive, event))
+    result = s.train(s.stage("stage2/prune", s.rounds, "prune", s.epochs), [s.penalty(), schedule], keep_weights=True)
     s.enforcer.set_mask(s.run.saved_mask(f"round_{s.rounds:02d}"))
     return result, [result]
 
 
+def round_boundaries(epochs: int, rounds: int) -> list[int]:
+    """Epochs of stage 2 after which each of ``rounds`` rounds ends: ``round(gamma * E / psi)`` (half up), an
+    exact integer split of ``E``, starting with 0."""
+    return [math.floor(g * epochs / rounds + 0.5) for g in range(rounds + 1)]
+
+
 def _train_with_resets(s: _Stage2) -> tuple[StageResult, list[StageResult]]:
     """Sec. 3.3: every round prunes the previous round's weights, resets the survivors to the rewind point and
-    trains E/psi epochs; the penalty keeps growing across rounds."""
-    per_round = max(1, math.floor(s.epochs / s.rounds + 0.5))
+    trains its share of the E epochs; the penalty continues from where the previous round ended."""
+    bounds = round_boundaries(s.epochs, s.rounds)
     s.plan.events = [PruneEvent(g, s.start_step, s.plan.kept[g - 1]) for g in range(1, s.rounds + 1)]
     results, previous_key, alive = [], "stage1/dense", Mask.ones_like(s.params)
     for event in s.plan.events:
-        mask = s.run.saved_mask(f"round_{event.index:02d}")
-        if mask is None:
+        if s.run.saved_mask(f"round_{event.index:02d}") is None:
             unwrap(s.model).load_state_dict(s.run.load_weights(previous_key))
-            mask = s.record(s.select(None, alive, event), event)
+        mask = s.prune(alive, event)
         s.run.release_weights(previous_key)
         s.enforcer.set_mask(mask)
         key = f"round{event.index:02d}/ticket"
-        stage = s.stage(key, event.index, "ticket", per_round, density=mask.density())
-        hooks = [s.penalty(offset_epochs=(event.index - 1) * s.epochs / s.rounds)]
+        length = bounds[event.index] - bounds[event.index - 1]
+        stage = s.stage(key, event.index, "ticket", length, density=mask.density())
+        hooks = [s.penalty(offset_epochs=bounds[event.index - 1])]
         results.append(s.train(stage, hooks, keep_weights=event.index < s.rounds))
         previous_key, alive = key, mask
     return results[-1], results

@@ -1,6 +1,7 @@
 """Models: a registry of builders and :func:`build_model`.
 
-A builder takes the input shape and class count from the dataset plus its own keyword options::
+A builder takes the input shape and class count from the dataset plus its own keyword options (the built-ins are
+declared in :mod:`lth_runner.catalog`; a plugin registers its own)::
 
     @MODELS.register("mynet", inputs="image")
     def mynet(input_shape: tuple[int, ...], num_classes: int, *, width: int = 64) -> nn.Module: ...
@@ -11,17 +12,14 @@ A builder takes the input shape and class count from the dataset plus its own ke
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
+from lth_runner.catalog import MODELS
 from lth_runner.config.schema import ModelConfig
 from lth_runner.errors import ConfigError
-from lth_runner.registry import Registry
-
-MODELS: Registry[Callable[..., nn.Module]] = Registry("model", "model.arch")
 
 __all__ = ["MODELS", "build_model"]
 
@@ -43,16 +41,3 @@ def build_model(
             torch.manual_seed(seed)
             return entry.obj(tuple(input_shape), num_classes, **kwargs)
     return entry.obj(tuple(input_shape), num_classes, **kwargs)
-
-
-# Built-in models register themselves on import.
-from lth_runner.models import (  # noqa: E402,F401
-    frankle_carbin,
-    mlp,
-    mobilenet,
-    resnet,
-    resnet_cifar,
-    timm_models,
-    vgg,
-    wide_resnet,
-)

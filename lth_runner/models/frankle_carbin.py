@@ -15,7 +15,6 @@ from itertools import pairwise
 
 from torch import nn
 
-from lth_runner.models import MODELS
 from lth_runner.models.init import init_weights
 
 PLANS: dict[str, list[int | str]] = {
@@ -54,19 +53,16 @@ class ConvNet(nn.Sequential):
         super().__init__(layers)
 
 
-@MODELS.register("conv2", inputs="image")
 def conv2(input_shape: tuple[int, ...], num_classes: int, *, init: str = "kaiming_normal") -> nn.Module:
     """Conv-2 (Frankle & Carbin 2019, Fig. 2)."""
     return init_weights(ConvNet(input_shape, PLANS["conv2"], num_classes), init)
 
 
-@MODELS.register("conv4", inputs="image")
 def conv4(input_shape: tuple[int, ...], num_classes: int, *, init: str = "kaiming_normal") -> nn.Module:
     """Conv-4 (Frankle & Carbin 2019, Fig. 2)."""
     return init_weights(ConvNet(input_shape, PLANS["conv4"], num_classes), init)
 
 
-@MODELS.register("conv6", inputs="image")
 def conv6(input_shape: tuple[int, ...], num_classes: int, *, init: str = "kaiming_normal") -> nn.Module:
     """Conv-6 (Frankle & Carbin 2019, Fig. 2)."""
     return init_weights(ConvNet(input_shape, PLANS["conv6"], num_classes), init)

@@ -16,7 +16,6 @@ from itertools import pairwise
 from torch import nn
 
 from lth_runner.errors import ConfigError
-from lth_runner.models import MODELS
 from lth_runner.models.init import init_weights
 
 
@@ -40,7 +39,6 @@ class MLP(nn.Sequential):
         super().__init__(layers)
 
 
-@MODELS.register("mlp", inputs="any")
 def mlp(
     input_shape: tuple[int, ...],
     num_classes: int,
@@ -57,7 +55,6 @@ def mlp(
     return init_weights(model, init)
 
 
-@MODELS.register("lenet_300_100", inputs="any")
 def lenet_300_100(input_shape: tuple[int, ...], num_classes: int, *, init: str = "kaiming_normal") -> nn.Module:
     """LeNet-300-100 (Frankle & Carbin 2019, Fig. 2)."""
     return init_weights(MLP(math.prod(input_shape), [300, 100], num_classes), init)

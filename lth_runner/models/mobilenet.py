@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from lth_runner.errors import ConfigError
-from lth_runner.models import MODELS
 from lth_runner.models.init import init_weights
 
 # (output channels, stride) of the 13 depthwise-separable blocks.
@@ -62,7 +61,6 @@ class MobileNetV1(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-@MODELS.register("mobilenet_v1", inputs="image")
 def mobilenet_v1(input_shape: tuple[int, ...], num_classes: int, *, width_mult: float = 1.0) -> nn.Module:
     """MobileNet-V1 (CIFAR strides) with width multiplier ``width_mult``."""
     return MobileNetV1(input_shape[0], num_classes, width_mult)

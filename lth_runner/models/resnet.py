@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from lth_runner.errors import ConfigError
-from lth_runner.models import MODELS
 from lth_runner.models.init import init_weights
 
 STEMS = ("auto", "cifar", "imagenet")
@@ -111,19 +110,16 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-@MODELS.register("resnet18", inputs="image")
 def resnet18(input_shape: tuple[int, ...], num_classes: int, *, stem: str = "auto", width: int = 64) -> nn.Module:
     """ResNet-18: basic blocks [2, 2, 2, 2]."""
     return ResNet(input_shape, BasicBlock, [2, 2, 2, 2], num_classes, stem, width)
 
 
-@MODELS.register("resnet34", inputs="image")
 def resnet34(input_shape: tuple[int, ...], num_classes: int, *, stem: str = "auto", width: int = 64) -> nn.Module:
     """ResNet-34: basic blocks [3, 4, 6, 3]."""
     return ResNet(input_shape, BasicBlock, [3, 4, 6, 3], num_classes, stem, width)
 
 
-@MODELS.register("resnet50", inputs="image")
 def resnet50(input_shape: tuple[int, ...], num_classes: int, *, stem: str = "auto", width: int = 64) -> nn.Module:
     """ResNet-50: bottleneck blocks [3, 4, 6, 3]."""
     return ResNet(input_shape, Bottleneck, [3, 4, 6, 3], num_classes, stem, width)

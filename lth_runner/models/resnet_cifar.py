@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from lth_runner.errors import ConfigError
-from lth_runner.models import MODELS
 from lth_runner.models.init import init_weights
 
 
@@ -67,31 +66,26 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-@MODELS.register("resnet20", inputs="image")
 def resnet20(input_shape: tuple[int, ...], num_classes: int, *, width: int = 16) -> nn.Module:
     """ResNet-20 (n = 3)."""
     return CifarResNet(input_shape[0], 20, num_classes, width=width)
 
 
-@MODELS.register("resnet32", inputs="image")
 def resnet32(input_shape: tuple[int, ...], num_classes: int, *, width: int = 16) -> nn.Module:
     """ResNet-32 (n = 5)."""
     return CifarResNet(input_shape[0], 32, num_classes, width=width)
 
 
-@MODELS.register("resnet44", inputs="image")
 def resnet44(input_shape: tuple[int, ...], num_classes: int, *, width: int = 16) -> nn.Module:
     """ResNet-44 (n = 7)."""
     return CifarResNet(input_shape[0], 44, num_classes, width=width)
 
 
-@MODELS.register("resnet56", inputs="image")
 def resnet56(input_shape: tuple[int, ...], num_classes: int, *, width: int = 16) -> nn.Module:
     """ResNet-56 (n = 9)."""
     return CifarResNet(input_shape[0], 56, num_classes, width=width)
 
 
-@MODELS.register("resnet110", inputs="image")
 def resnet110(input_shape: tuple[int, ...], num_classes: int, *, width: int = 16) -> nn.Module:
     """ResNet-110 (n = 18)."""
     return CifarResNet(input_shape[0], 110, num_classes, width=width)

@@ -18,10 +18,8 @@ import torch
 from torch import nn
 
 from lth_runner.errors import ConfigError
-from lth_runner.models import MODELS
 
 
-@MODELS.register("timm", inputs="image")
 def timm_model(
     input_shape: tuple[int, ...],
     num_classes: int,

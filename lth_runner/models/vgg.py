@@ -15,7 +15,6 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from lth_runner.models import MODELS
 from lth_runner.models.init import init_weights
 
 PLANS: dict[str, list[int | str]] = {
@@ -59,25 +58,21 @@ class VGG(nn.Module):
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
 
 
-@MODELS.register("vgg11", inputs="image")
 def vgg11(input_shape: tuple[int, ...], num_classes: int, *, width_mult: float = 1.0) -> nn.Module:
     """VGG-11-BN (configuration A); ``width_mult`` scales every conv layer's channels."""
     return VGG(input_shape, PLANS["vgg11"], num_classes, width_mult)
 
 
-@MODELS.register("vgg13", inputs="image")
 def vgg13(input_shape: tuple[int, ...], num_classes: int, *, width_mult: float = 1.0) -> nn.Module:
     """VGG-13-BN (configuration B); ``width_mult`` scales every conv layer's channels."""
     return VGG(input_shape, PLANS["vgg13"], num_classes, width_mult)
 
 
-@MODELS.register("vgg16", inputs="image")
 def vgg16(input_shape: tuple[int, ...], num_classes: int, *, width_mult: float = 1.0) -> nn.Module:
     """VGG-16-BN (configuration D); ``width_mult`` scales every conv layer's channels."""
     return VGG(input_shape, PLANS["vgg16"], num_classes, width_mult)
 
 
-@MODELS.register("vgg19", inputs="image")
 def vgg19(input_shape: tuple[int, ...], num_classes: int, *, width_mult: float = 1.0) -> nn.Module:
     """VGG-19-BN (configuration E); ``width_mult`` scales every conv layer's channels."""
     return VGG(input_shape, PLANS["vgg19"], num_classes, width_mult)

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from lth_runner.errors import ConfigError
-from lth_runner.models import MODELS
 from lth_runner.models.init import init_weights
 
 
@@ -68,7 +67,6 @@ class WideResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(F.relu(self.bn(x))), 1))
 
 
-@MODELS.register("wide_resnet", inputs="image")
 def wide_resnet(
     input_shape: tuple[int, ...], num_classes: int, *, depth: int = 28, width: int = 10, dropout: float = 0.0
 ) -> nn.Module:

@@ -22,29 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lth_runner.config.schema import RESULT_NEUTRAL_KEYS, is_result_neutral
 from lth_runner.errors import UserError
+from lth_runner.summary import Summary
 from lth_runner.utils.dicts import flatten
 from lth_runner.utils.io import read_jsonl
 
-# Settings that do not change what a run computes (as in lth_runner.session._RESUME_NEUTRAL), plus the fields that
-# index the table (seed, target sparsity) and derived names.
-NEUTRAL_KEYS = (
-    "seed",
-    "name",
-    "sparsity.target",
-    "method.name",
-    "model.name",
-    "dataset.name",
-    "logger",
-    "paths",
-    "plugins",
-    "trainer.device",
-    "trainer.num_threads",
-    "trainer.checkpoint_every",
-    "trainer.keep_round_weights",
-    "trainer.compile",
-    "trainer.eval_batch_size",
-)
+# Settings that do not change what a run computes (the one declared list), plus the fields that index the table
+# (seed, target sparsity) and the names derived from the groups.
+NEUTRAL_KEYS = (*RESULT_NEUTRAL_KEYS, "seed", "sparsity.target", "method.name", "model.name", "dataset.name")
 _MAX_VARIANT_KEYS = 3
 
 
@@ -58,7 +44,7 @@ class RunRecord:
 
     path: Path
     rel: str  # the path relative to the collected root ("." for the root itself)
-    summary: dict[str, Any]
+    summary: Summary
     config: dict[str, Any]
     method: str
     model: str
@@ -81,8 +67,8 @@ class RunRecord:
     @property
     def test_acc(self) -> float | None:
         """The headline number: ``final.test_acc`` (a fraction), or None when the run has none yet."""
-        value = (self.summary.get("final") or {}).get("test_acc")
-        return float(value) if isinstance(value, (int, float)) else None
+        final = self.summary.final
+        return None if final is None or final.test_acc is None else float(final.test_acc)
 
     @property
     def sparsity_pct(self) -> float | None:
@@ -90,13 +76,11 @@ class RunRecord:
 
     @property
     def epochs_total(self) -> float | None:
-        value = (self.summary.get("cost") or {}).get("epochs_total")
-        return float(value) if isinstance(value, (int, float)) else None
+        return float(self.summary.cost.epochs_total) if self.summary.cost.stages else None
 
     @property
     def seconds_total(self) -> float | None:
-        value = (self.summary.get("cost") or {}).get("seconds_total")
-        return float(value) if isinstance(value, (int, float)) else None
+        return float(self.summary.cost.seconds_total) if self.summary.cost.stages else None
 
     def epoch_records(self) -> list[dict[str, Any]]:
         """The ``epoch`` events of ``metrics.jsonl`` in order, one per (stage key, epoch): the last one logged."""
@@ -156,7 +140,7 @@ def load_run(run_dir: Path, root: Path | None = None) -> RunRecord:
     return RunRecord(
         path=run_dir,
         rel=rel or ".",
-        summary=summary,
+        summary=Summary.from_dict(summary),
         config=config,
         method=str(summary.get("method") or cfg.get("method.name") or "unknown"),
         model=str(summary.get("model") or cfg.get("model.name") or "unknown"),
@@ -193,7 +177,7 @@ def label_variants(runs: list[RunRecord]) -> None:
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     flat = flatten(config)
-    return {k: v for k, v in flat.items() if not any(k == n or k.startswith(n + ".") for n in NEUTRAL_KEYS)}
+    return {k: v for k, v in flat.items() if not is_result_neutral(k, NEUTRAL_KEYS)}
 
 
 def _read_config(path: Path) -> dict[str, Any]:

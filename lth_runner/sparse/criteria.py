@@ -1,6 +1,7 @@
 """Pruning criteria: functions from weights (and, for data-driven criteria, a model and batches) to scores.
 
-Higher score = more important = kept. Later methods register more criteria (SNIP, GraSP, ...) the same way::
+Higher score = more important = kept. The built-ins are declared in :mod:`lth_runner.catalog`; more criteria
+(SNIP, GraSP, ...) register the same way::
 
     @CRITERIA.register("snip")
     def snip(weights: Mapping[str, Tensor], context: ScoreContext) -> dict[str, Tensor]: ...
@@ -8,16 +9,15 @@ Higher score = more important = kept. Later methods register more criteria (SNIP
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from lth_runner.registry import Registry
+from lth_runner.catalog import CRITERIA
 
 Scores = dict[str, torch.Tensor]
-CRITERIA: Registry[Callable[..., Scores]] = Registry("pruning criterion", "method.criterion")
 
 
 @dataclass
@@ -29,13 +29,11 @@ class ScoreContext:
     batches: Iterable[Any] | None = None
 
 
-@CRITERIA.register("magnitude")
 def magnitude(weights: Mapping[str, torch.Tensor], context: ScoreContext | None = None) -> Scores:
     """|w| (Han et al. 2015; Frankle & Carbin 2019): prune the smallest-magnitude weights."""
     return {name: w.detach().abs() for name, w in weights.items()}
 
 
-@CRITERIA.register("random")
 def random(weights: Mapping[str, torch.Tensor], context: ScoreContext | None = None) -> Scores:
     """Uniform random scores, seeded: random pruning as a control."""
     generator = torch.Generator().manual_seed((context or ScoreContext()).seed)

@@ -20,9 +20,9 @@ class JsonlSink:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def log(self, record: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         append_jsonl(self.path, record)
 
     def close(self, failed: bool = False) -> None:
@@ -42,6 +42,14 @@ class Tracker:
             for sink in self.sinks:
                 sink.log(record)
         return record
+
+    def progress(self, **fields: Any) -> None:
+        """Transient progress within a stage: shown by sinks that display it (the console), recorded nowhere."""
+        if self.enabled:
+            for sink in self.sinks:
+                show = getattr(sink, "progress", None)
+                if show is not None:
+                    show(fields)
 
     def close(self, failed: bool = False) -> None:
         for sink in self.sinks:

@@ -1,34 +1,53 @@
-"""Optimizer construction from :class:`~lth_runner.config.schema.OptimConfig`."""
+"""Optimizers from :class:`~lth_runner.config.schema.OptimConfig`: one builder per name, registered in
+``OPTIMIZERS`` (:mod:`lth_runner.catalog`) under the name ``optim.name`` takes, as ``f(params, cfg) -> Optimizer``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 
+from lth_runner.catalog import OPTIMIZERS
 from lth_runner.config.schema import OptimConfig
 
 
+def sgd(params: list[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(
+        params,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov and cfg.momentum > 0,
+        weight_decay=cfg.weight_decay,
+        foreach=True,
+    )
+
+
+def adam(params: list[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(
+        params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay, foreach=True
+    )
+
+
+def adamw(params: list[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(
+        params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay, foreach=True
+    )
+
+
 def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
-    if cfg.name == "sgd":
-        return torch.optim.SGD(
-            params,
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            nesterov=cfg.nesterov and cfg.momentum > 0,
-            weight_decay=cfg.weight_decay,
-            foreach=True,
-        )
-    if cfg.name == "adam":
-        return torch.optim.Adam(
-            params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay, foreach=True
-        )
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(
-            params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay, foreach=True
-        )
-    raise ValueError(f"unknown optimizer {cfg.name!r}")
+    return OPTIMIZERS.get(cfg.name)([p for p in params if p.requires_grad], cfg)
+
+
+def load_state_keeping_hyperparameters(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load a saved optimizer state (momentum buffers, Adam moments, step counts) but keep the hyper-parameters
+    the optimizer was built with: ``load_state_dict`` would otherwise restore the saved groups' weight decay,
+    momentum, betas, ... and silently override the stage's own settings."""
+    settings = dict(optimizer.defaults)
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        group.update(settings)
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -24,7 +24,8 @@ class PruneEvent:
     kept: int
 
 
-# (trainer, current mask, event) -> the new mask, a subset of the current one with exactly event.kept entries
+# (trainer, current mask, event) -> the new mask, a subset of the current one with exactly event.kept entries,
+# the same on every rank (RunContext.mask agrees on it, saves and logs it)
 Selector = Callable[[Any, Mask, PruneEvent], Mask]
 
 
@@ -32,20 +33,14 @@ class PruneSchedule:
     """Hook: at each event step, replace the enforced mask by ``select(trainer, mask, event)``.
 
     Until the last event has happened the network is not final, so ``selectable`` keeps those epochs out of
-    best-validation selection. ``on_prune(mask, event, trainer)`` lets the method save and log each new mask.
+    best-validation selection.
     """
 
-    def __init__(
-        self,
-        enforcer: MaskEnforcer,
-        events: list[PruneEvent],
-        select: Selector,
-        on_prune: Callable[[Mask, PruneEvent, Any], None] | None = None,
-    ) -> None:
+    def __init__(self, enforcer: MaskEnforcer, events: list[PruneEvent], select: Selector) -> None:
         steps = [e.step for e in events]
         if steps != sorted(steps) or len(set(steps)) != len(steps):
             raise ValueError("pruning events must have distinct, increasing steps")
-        self.enforcer, self.events, self.select, self.on_prune = enforcer, list(events), select, on_prune
+        self.enforcer, self.events, self.select = enforcer, list(events), select
         self.done = 0
 
     @property
@@ -60,14 +55,12 @@ class PruneSchedule:
     def after_step(self, trainer: Any) -> None:
         while self.done < len(self.events) and self.events[self.done].step <= trainer.step:
             event = self.events[self.done]
-            mask = self.select(trainer, self.mask, event).broadcast()
+            mask = self.select(trainer, self.mask, event)
             if mask.num_kept() != event.kept:
                 raise RuntimeError(f"pruning event {event.index} kept {mask.num_kept()} weights, not {event.kept}")
             self.enforcer.set_mask(mask)
             self.enforcer.apply_to_weights()
             self.done += 1
-            if self.on_prune is not None:
-                self.on_prune(mask, event, trainer)
 
     def log_fields(self, trainer: Any) -> dict[str, Any]:
         return {"density": self.mask.density(), "prune_events": self.done}

@@ -27,7 +27,7 @@ from lth_runner.data.base import DataBundle
 from lth_runner.errors import UserError
 from lth_runner.sparse.enforce import MaskEnforcer
 from lth_runner.sparse.prunable import unwrap
-from lth_runner.training.optim import build_optimizer, set_learning_rate
+from lth_runner.training.optim import build_optimizer, load_state_keeping_hyperparameters, set_learning_rate
 from lth_runner.training.schedules import learning_rate
 from lth_runner.utils.io import save_torch_atomic
 from lth_runner.utils.seeding import derive_seed
@@ -36,7 +36,8 @@ from lth_runner.utils.seeding import derive_seed
 @dataclass
 class Stage:
     """A piece of training. ``epochs`` is where it ends; the learning-rate schedule spans ``schedule_epochs``
-    (default ``epochs``); it starts after ``start_step`` optimizer steps (late rewinding starts mid-schedule)."""
+    (default ``epochs``); it starts after ``start_step`` optimizer steps (late rewinding starts mid-schedule).
+    ``weight_decay`` and ``batch_size`` override the run's for this stage (a pruning phase with its own recipe)."""
 
     key: str
     round: int
@@ -45,15 +46,24 @@ class Stage:
     start_step: int = 0
     schedule_epochs: float | None = None
     density: float = 1.0
-    weight_decay: float | None = None  # overrides optim.weight_decay for this stage
+    weight_decay: float | None = None
+    batch_size: int | None = None
 
 
 @dataclass
 class StageResult:
+    """What a stage reports. One rule for every method: ``test_acc`` is the test accuracy at the epoch of best
+    validation accuracy among the epochs whose network is final (``selection="best_val"``), or the last epoch's
+    when there is no validation split (``selection="last_epoch"``); ``final_test_acc`` is always the last epoch's.
+    Both are present even when per-epoch test evaluation is off (the stage then evaluates the test split once at
+    its end, on its last and its best weights)."""
+
     key: str
     round: int
     phase: str
     density: float
+    test_acc: float | None = None
+    selection: str | None = None
     epochs_trained: int = 0
     final_epoch: int = 0
     stopped_early: bool = False
@@ -74,7 +84,16 @@ class StageResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StageResult:
-        return cls(**data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def settle(self) -> StageResult:
+        """Fill ``test_acc`` and ``selection`` from the best-validation and last-epoch figures (the rule above)."""
+        if self.best_epoch is not None:
+            self.test_acc, self.selection = self.best_val_test_acc, "best_val"
+        else:
+            self.test_acc, self.selection = self.final_test_acc, "last_epoch"
+        return self
 
 
 class Hook(Protocol):
@@ -149,6 +168,7 @@ class Trainer:
         self._partial_totals: torch.Tensor | None = None
         self._result: StageResult | None = None
         self._keep_best_state = False
+        self._progress = _Progress(tracker)
 
     # ------------------------------------------------------------------------------------------ public
     def fit(
@@ -161,20 +181,24 @@ class Trainer:
     ) -> StageResult:
         """Train ``stage`` to its end (or until a hook stops it), resuming from the checkpoint if it has one.
 
-        ``optimizer_state`` starts the stage with a saved optimizer state (rewinding momentum along with weights)."""
+        ``optimizer_state`` starts the stage with a saved optimizer state (rewinding momentum along with weights);
+        the stage's own hyper-parameters (learning rate, weight decay, momentum, ...) are kept."""
         self.stage, self.hooks = stage, list(hooks)
         optim_cfg = self.optim_cfg
         if stage.weight_decay is not None:
             optim_cfg = dataclasses.replace(optim_cfg, weight_decay=stage.weight_decay)
         self.optimizer = build_optimizer(self.model.parameters(), optim_cfg)
+        self.steps_per_epoch = self.data.num_train_batches(stage.batch_size)
         self.step = stage.start_step
         result = StageResult(stage.key, stage.round, stage.phase, stage.density)
         self._best_state = None
+        # Without per-epoch test evaluation the best weights are kept, to be tested once at the end.
+        keep_best_state = keep_best_state or not self.cfg.eval_test
         self._result, self._keep_best_state = result, keep_best_state
         resumed = self._load_checkpoint(result)
         if not resumed:
             if optimizer_state is not None:
-                self.optimizer.load_state_dict(optimizer_state)
+                load_state_keeping_hyperparameters(self.optimizer, optimizer_state)
             self._call("on_stage_start")
         self.epoch = self.step // self.steps_per_epoch
         self._log(
@@ -184,10 +208,12 @@ class Trainer:
             key=stage.key,
             epochs=stage.epochs,
             start_epoch=self.epoch,
+            steps_per_epoch=self.steps_per_epoch,
             density=stage.density,
             resumed=resumed,
         )
         started = time.perf_counter() - result.seconds
+        self._progress.start(stage, self.step, self.steps_per_epoch, self.cfg.batch_size, self.cfg.progress_seconds)
         stop = result.stopped_early
         while self.epoch < stage.epochs and not stop:
             epoch_start = time.perf_counter()
@@ -204,9 +230,12 @@ class Trainer:
             self._log("epoch", **record)
             if self.epoch % self.cfg.checkpoint_every == 0 or stop or self.epoch >= stage.epochs:
                 self._save_checkpoint(result, keep_best_state)
+        if not self.cfg.eval_test:
+            self._test_at_end(result)
         result.final_epoch = self.epoch
         result.steps = self.step
         result.seconds = time.perf_counter() - started
+        result.settle()
         self._log("stage_end", **result.to_dict())
         return result
 
@@ -247,6 +276,7 @@ class Trainer:
             skip=self.step - self.epoch * self.steps_per_epoch,
             rank=distributed.rank(),
             world_size=distributed.world_size(),
+            batch_size=stage.batch_size,
         )
         before = [h for h in self.hooks if hasattr(h, "before_step")]
         after = [h for h in self.hooks if hasattr(h, "after_step")]
@@ -281,6 +311,7 @@ class Trainer:
                 totals[2] += y.numel()
             if distributed.any_rank(preemption.requested()) if several else preemption.requested():
                 self._preempted(totals)
+            self._progress.step(self.step, totals)
         distributed.all_reduce_sum(totals)
         loss_sum, correct, count = totals.tolist()
         if count and not math.isfinite(loss_sum):
@@ -337,6 +368,24 @@ class Trainer:
             if keep_best_state:
                 self._best_state = {k: v.detach().clone() for k, v in unwrap(self.model).state_dict().items()}
 
+    def _test_at_end(self, result: StageResult) -> None:
+        """Per-epoch test evaluation is off: test the last weights and, when it is another epoch, the best ones."""
+        final = self.evaluate("test")
+        if final is None:
+            return
+        result.final_test_loss, result.final_test_acc = final
+        if result.best_epoch is None:
+            return
+        if result.best_epoch == self.epoch or self._best_state is None:
+            result.best_val_test_acc = final[1]
+            return
+        model = unwrap(self.model)
+        last = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(self._best_state)
+        best = self.evaluate("test")
+        model.load_state_dict(last)
+        result.best_val_test_acc = best[1] if best else None
+
     # ------------------------------------------------------------------------------------------ hooks
     def _call(self, name: str, *args: Any) -> None:
         for hook in self.hooks:
@@ -373,9 +422,10 @@ class Trainer:
         if distributed.world_size() > 1:
             totals = distributed.all_reduce_sum(totals.clone())
         self._save_checkpoint(self._result, self._keep_best_state, partial_totals=totals)
-        self._log("message", text=f"preempted: saved a checkpoint at step {self.step} of {self.stage.key}")
+        saved = f"saved a checkpoint at step {self.step} of {self.stage.key}"
+        self._log("interrupted", text=f"{preemption.describe(preemption.signum())}: {saved}")
         distributed.barrier()
-        preemption.hand_over(distributed.is_main())
+        preemption.hand_over(distributed.is_main(), saved)
 
     def _save_checkpoint(
         self, result: StageResult, keep_best_state: bool, partial_totals: torch.Tensor | None = None
@@ -402,7 +452,7 @@ class Trainer:
         if payload.get("key") != self.stage.key:
             return False
         unwrap(self.model).load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
+        load_state_keeping_hyperparameters(self.optimizer, payload["optimizer"])
         self.step = payload["step"]
         hooks = self._stateful_hooks()
         for key, state in payload["hooks"].items():
@@ -420,3 +470,46 @@ class Trainer:
 def hooks_with(enforcer: MaskEnforcer | None, extra: Iterable[Any] = ()) -> list[Any]:
     """The usual hook list: mask enforcement first (so later hooks see masked gradients), then ``extra``."""
     return ([EnforceMask(enforcer)] if enforcer is not None else []) + list(extra)
+
+
+class _Progress:
+    """Progress within a stage, for the console only (never in metrics.jsonl): step, running loss, images/s and
+    the time left, at most once a second; the console shows a line of it at least every ``progress_seconds``
+    outside a terminal, and a step counter in one. Reading the running loss synchronises with the device, which
+    is why it happens on this clock and not every step."""
+
+    INTERVAL = 1.0
+
+    def __init__(self, tracker: Any) -> None:
+        self.tracker = tracker if tracker is not None and hasattr(tracker, "progress") else None
+        self._next = math.inf
+
+    def start(self, stage: Stage, step: int, steps_per_epoch: int, batch_size: int, every: float) -> None:
+        if self.tracker is None:
+            return
+        self.stage, self.steps_per_epoch, self.batch_size, self.every = stage, steps_per_epoch, batch_size, every
+        self.first_step, self.total = step, stage.epochs * steps_per_epoch
+        self.started = time.monotonic()
+        self._next = self.started + self.INTERVAL
+
+    def step(self, step: int, totals: torch.Tensor) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self.INTERVAL
+        done, seconds = step - self.first_step, now - self.started
+        rate = done / seconds if seconds > 0 else 0.0
+        loss_sum, _, count = totals.tolist()
+        self.tracker.progress(
+            key=self.stage.key,
+            round=self.stage.round,
+            phase=self.stage.phase,
+            step=step,
+            steps=self.total,
+            epoch=(step - 1) // self.steps_per_epoch + 1,
+            epochs=self.stage.epochs,
+            loss=loss_sum / count if count else None,
+            images_per_second=rate * self.batch_size,
+            eta_seconds=(self.total - step) / rate if rate > 0 else None,
+            every=self.every,
+        )
