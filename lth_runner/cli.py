@@ -136,9 +136,9 @@ def preflight(overrides: Sequence[str], *, multirun: bool) -> int:
                 base = compose_config(list(group_part))
             except (HydraException, OmegaConfBaseException) as err:
                 raise UserError(_one_line(err)) from None
-            for override, _ in combination:
+            for override, value in combination:
                 if override.key_or_group not in groups and override.type.name == "CHANGE":
-                    _check_key_exists(base, override.key_or_group, override.input_line)
+                    _check_key_exists(base, override.key_or_group, override.value() if value is None else value)
             bases[group_part] = base
         cfg = bases[group_part].copy()
         for override, value in combination:
@@ -186,7 +186,7 @@ def _check_top_level(key: str, value: str, groups: set[str]) -> None:
     )
 
 
-def _check_key_exists(cfg: Any, dotted: str, line: str) -> None:
+def _check_key_exists(cfg: Any, dotted: str, value: Any) -> None:
     """``a.b.c=...`` needs ``a.b.c`` in the composed configuration (``+a.b.c=...`` adds a key on purpose)."""
     from omegaconf import DictConfig
 
@@ -200,7 +200,7 @@ def _check_key_exists(cfg: Any, dotted: str, line: str) -> None:
             where = f"{parent}" if parent else "the configuration"
             raise ConfigError(
                 ".".join([*walked, part]),
-                line.split("=", 1)[-1],
+                value,
                 f"one of the keys of {where}: {', '.join(keys)}",
                 hint=did_you_mean(part, keys),
             )
@@ -254,7 +254,10 @@ def help_text(overrides: Sequence[str] = ()) -> str:
         cfg = compose_config([])
     from omegaconf import OmegaConf
 
-    data = OmegaConf.to_container(cfg, resolve=False)
+    try:
+        data = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # an interpolation that cannot resolve here is shown as written
+        data = OmegaConf.to_container(cfg, resolve=False)
     lines = [
         "lth-run: lottery-ticket and sparse-training experiments, configured by composition (Hydra).",
         "",

@@ -14,6 +14,7 @@ Output layout (all writes atomic)::
       checkpoints/last.pt    the stage in progress (model, optimizer, step, hook states)
       checkpoints/*.pt       final weights of stages a later round needs; the rewind point
       plots/                 accuracy plot
+      wandb/, wandb_run_id, wandb_state.json   Weights & Biases files, when it is on (lth_runner.tracking.wandb_sink)
 
 Re-running with the same output directory resumes: finished stages are read back from ``state.json``, the stage in
 progress continues from ``checkpoints/last.pt``, and a mask is never recomputed once saved. Nothing is written

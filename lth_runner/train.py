@@ -99,6 +99,11 @@ def main() -> None:
             cli.preflight(command.overrides, multirun=command.multirun)
         sys.argv = [sys.argv[0], *args]
         _hydra_task()
+        # After the last job (a multirun shares one process group): the ranks meet, then leave the group. Failure
+        # paths skip the barrier; the exit handler of lth_runner.distributed tears the group down on every path.
+        distributed = sys.modules.get("lth_runner.distributed")  # not imported for --help / --cfg: stay torch-free
+        if distributed is not None:
+            distributed.shutdown()
     except UserError as err:
         _fail(err)
     except Interrupted as stop:

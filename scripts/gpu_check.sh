@@ -56,15 +56,11 @@ install_project() {
   export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
 }
 
-# CIFAR-10 in torchvision's layout, from the bundle (or the shared data beside a development checkout); built in a
-# temporary folder and renamed, so an interrupted build leaves no half-written batches.
+# CIFAR-10 in torchvision's layout with its PROVENANCE.json, by scripts/prepare_cifar10.py from the bundle (or the
+# shared data beside a development checkout); built in a temporary folder and renamed, so an interrupted build
+# leaves no half-written batches.
 build_cifar10() {
-  local batches=$DATA/cifar-10-batches-py name
-  local missing=0
-  for name in data_batch_1 data_batch_2 data_batch_3 data_batch_4 data_batch_5 test_batch batches.meta; do
-    [[ -f $batches/$name ]] || missing=1
-  done
-  if [[ $missing == 0 ]]; then
+  if [[ -f $DATA/cifar-10-batches-py/PROVENANCE.json ]]; then
     say "CIFAR-10 already built in $DATA"
     return
   fi
@@ -74,13 +70,7 @@ build_cifar10() {
   done
   [[ -n $source ]] || die "CIFAR-10 is not in $DATA and no source was found: run 'make gpu-bundle'"
   say "building CIFAR-10 from $source into $DATA"
-  mkdir -p "$DATA"
-  local tmp
-  tmp=$(mktemp -d "$DATA/.build.XXXXXX")
-  "$PY" "$source/build.py" "$tmp" >/dev/null
-  rm -rf "$batches"
-  mv "$tmp/cifar-10-batches-py" "$batches"
-  rm -rf "$tmp"
+  "$PY" "$REPO/scripts/prepare_cifar10.py" --source "$source" --out "$DATA" >/dev/null
 }
 
 start=$SECONDS

@@ -21,6 +21,16 @@ def data_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("data")
 
 
+def without_timings(summary):
+    """A summary (as read from summary.json) without its wall-clock fields: ``seconds`` anywhere and the cost
+    block, so that an interrupted and resumed run can be compared with an uninterrupted one."""
+    if isinstance(summary, dict):
+        return {k: without_timings(v) for k, v in summary.items() if k not in ("seconds", "cost")}
+    if isinstance(summary, list):
+        return [without_timings(v) for v in summary]
+    return summary
+
+
 def run_cli(
     *args: str,
     cwd: Path | None = None,

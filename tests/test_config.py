@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from lth_runner.config.compose import compose_config, config_dir, quote_numeric_choices
-from lth_runner.config.schema import LTHConfig, Mnist1dConfig, RunConfig
+from lth_runner.config.schema import CifarConfig, LTHConfig, Mnist1dConfig, RunConfig
 from lth_runner.config.validate import build_run_config
 from lth_runner.errors import ConfigError
 from tests.conftest import REPO, run_cli
@@ -18,11 +18,13 @@ def build(*overrides: str) -> RunConfig:
     return build_run_config(compose_config(list(overrides)))
 
 
-def test_default_composition_is_typed():
+def test_default_composition_is_typed_and_is_the_fields_usual_setting():
     cfg = build()
-    assert isinstance(cfg.method, LTHConfig) and isinstance(cfg.dataset, Mnist1dConfig)
-    assert cfg.model.arch == "mlp" and cfg.model.kwargs["hidden"] == [100, 100]
-    assert cfg.name == "lth_iter-mlp-mnist1d"
+    assert isinstance(cfg.method, LTHConfig) and isinstance(cfg.dataset, CifarConfig)
+    assert cfg.model.arch == "resnet20" and cfg.model.kwargs == {"width": 16}
+    assert cfg.name == "lth_iter-resnet20-cifar10"
+    demo = build("experiment=demo")
+    assert isinstance(demo.dataset, Mnist1dConfig) and demo.model.kwargs["hidden"] == [200, 200]
 
 
 def test_sparsity_presets_are_named_by_target_and_keys_still_override():
@@ -52,41 +54,97 @@ def test_groups_compose_models_datasets_methods():
         ("trainer.epochs=0", "trainer.epochs=0 is not accepted: expected a number >= 1"),
         ("sparsity.target=1.5", "sparsity.target=1.5 is not accepted: expected a number >= 0.0 and < 1.0"),
         ("sparsity.scope=blockwise", "sparsity.scope='blockwise' is not accepted: expected one of: global, layerwise"),
-        ("+trainer.epoch=3", "trainer.epoch=3 is not accepted: expected one of the keys epochs, batch_size"),
-        ("+dataset.verify_checksums=false", "dataset.verify_checksums=False is not accepted: expected one of the keys"),
-        ("model.hidden=[1,x]", "model.hidden[1]='x' is not accepted: expected an integer"),
-        ("+model.widht=3", "model.widht=3 is not accepted: expected one of the keys hidden, batch_norm, dropout"),
+        ("+trainer.epoch=3", "trainer.epoch=3 is not accepted: did you mean epochs? expected one of the keys epochs,"),
+        (
+            "dataset=mnist1d +dataset.verify_checksums=false",
+            "dataset.verify_checksums=False is not accepted: expected one of the keys",
+        ),
+        ("model=mlp model.hidden=[1,x]", "model.hidden[1]='x' is not accepted: expected an integer"),
+        ("+model.widht=3", "model.widht=3 is not accepted: did you mean width? expected one of the keys width"),
         (
             "method.controls=[bogus]",
-            "method.controls[0]='bogus' is not accepted: expected one of: reinit, random_prune",
+            "method.controls[0]='bogus' is not accepted: expected one of: random_prune, reinit",
         ),
         ("model.arch=foo", "model.arch='foo' is not accepted: expected one of: conv2,"),
         ("method.name=foo", "method.name='foo' is not accepted: expected one of: "),
         ("trainer.max_grad_norm=abc", "trainer.max_grad_norm='abc' is not accepted: expected a number or null"),
         ("+foo=1", "foo=1 is not accepted: expected a known top-level key"),
+        ("optim.name=sgdd", "optim.name='sgdd' is not accepted: did you mean sgd? expected one of: adam, adamw, sgd"),
+        ("regularizer.name=explow", "regularizer.name='explow' is not accepted: did you mean explaw?"),
+        ("optim.scheduler.name=cosin", "optim.scheduler.name='cosin' is not accepted: did you mean cosine?"),
+        ("method.criterion=magnitud", "method.criterion='magnitud' is not accepted: did you mean magnitude?"),
+        ("dataset=mnist1d", "model='resnet20' is not accepted: expected a model for flat inputs with dataset=mnist1d"),
         ("plugins=[no_such_module_xyz]", "plugins='no_such_module_xyz' is not accepted: expected an importable module"),
     ],
 )
 def test_bad_values_fail_with_one_line_naming_key_value_and_accepted(override, expected):
     with pytest.raises(ConfigError) as err:
-        build(override)
+        build(*override.split())
     message = str(err.value)
     assert message.startswith(expected) and "\n" not in message
 
 
-def test_cli_reports_bad_input_in_one_line_without_traceback(tmp_path):
-    result = run_cli("sparsity.target=1.5", f"hydra.run.dir={tmp_path / 'run'}")
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["sparsity.target=1.5"], "sparsity.target=1.5 is not accepted: expected a number >= 0.0 and < 1.0"),
+        (["trainer.epochs=abc"], "trainer.epochs='abc' is not accepted: expected an integer"),
+        (["trainer.epoch=3"], "trainer.epoch=3 is not accepted: did you mean epochs? expected one of the keys of"),
+        (["model=resnet5"], "model='resnet5' is not accepted: did you mean resnet56 or resnet50? expected one of:"),
+        (["modle=resnet20"], "modle='resnet20' is not accepted: did you mean model? expected a config group"),
+        (["method=unidlth", "method.patiense=3"], "method.patiense=3 is not accepted: did you mean patience?"),
+        (["dataset=mnist1d"], "model='resnet20' is not accepted: expected a model for flat inputs"),
+        (["-m", "seed=0,1", "method=lth,unilth", "method.patience=3"], "method.patience=3 is not accepted"),
+        (["-m", "sparsity.target=0.5,1.5"], "sparsity.target=1.5 is not accepted"),
+        (["method=lth,unilth"], "method=lth,unilth lists several values: add -m to sweep over them"),
+    ],
+)
+def test_cli_reports_bad_input_in_one_line_and_leaves_nothing_behind(tmp_path, overrides, expected):
+    """Checked before Hydra starts: one line, exit code 2, no run folder (nor sweep folder), no traceback."""
+    result = run_cli(*overrides, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"lth-run: error: {expected}"), lines
+    assert "Traceback" not in result.stdout + result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_command_is_checked_without_importing_torch_timm_or_wandb():
+    from lth_runner import cli
+
+    probe = (
+        "import sys; from lth_runner import cli\n"
+        "print(cli.preflight(['method=unidlth', 'model=resnet50', 'sparsity=90'], multirun=False))\n"
+        "print(cli.preflight(['method=lth,unilth,dlth', 'sparsity=50,90', 'seed=0,1,2'], multirun=True))\n"
+        "print(sorted(m for m in ('torch', 'timm', 'wandb', 'torchvision') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "18", "[]"]  # every job of the sweep was checked
+    assert cli.split_command(["-m", "--cfg", "job", "seed=1"]).overrides == ["seed=1"]
+
+
+def test_a_run_that_fails_on_its_data_leaves_no_folder(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli("dataset.download=false", f"hydra.run.dir={run_dir}", data_root=tmp_path / "empty")
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines == ["lth-run: error: sparsity.target=1.5 is not accepted: expected a number >= 0.0 and < 1.0"]
-    assert "Traceback" not in result.stdout + result.stderr
+    assert len(lines) == 1 and lines[0].startswith("lth-run: error: dataset cifar10 not found"), lines
+    assert "scripts/prepare_cifar10.py" in lines[0]
+    assert not run_dir.exists()
 
 
-def test_cli_unknown_group_option_lists_the_alternatives(tmp_path):
-    result = run_cli("model=resnet99", f"hydra.run.dir={tmp_path / 'run'}")
-    assert result.returncode == 1
-    assert "Could not find 'model/resnet99'" in result.stderr and "resnet20" in result.stderr
-    assert "Traceback" not in result.stderr
+def test_help_is_the_tools_own_page():
+    result = run_cli("method=unidlth", "--help")
+    assert result.returncode == 0, result.stderr
+    page = result.stdout
+    assert "usage: lth-run" in page and "groups (the chosen option in brackets):" in page
+    assert "[unidlth]" in page and "[resnet20]" in page and "[cifar10]" in page
+    assert "schema" not in page.split("examples:")[0] and " base " not in page  # internal nodes hidden
+    assert "trainer.epochs=10" in page and "epochs per training stage" in page  # a key, its value, its description
+    assert "method.patience=2" in page and "stage 1 stops when val loss has not improved" in page
+    assert "method.last_event=before_end" in page
+    assert "lth-run -m method=lth,unilth sparsity=50,70,90 seed=0,1,2" in page
 
 
 def test_cfg_job_works_from_any_directory_without_importing_torch(tmp_path):

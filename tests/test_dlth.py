@@ -23,9 +23,11 @@ from lth_runner.session import RunContext, run_experiment
 from lth_runner.sparse import Mask, geometric_densities, kept_count, round_counts
 from lth_runner.training.schedules import learning_rate
 from lth_runner.utils.io import read_jsonl
-from tests.conftest import REPO
+from tests.conftest import REPO, without_timings
 
 BASE = [
+    "model=mlp",
+    "dataset=mnist1d",
     "dataset.num_samples=1000",
     "logger.console=none",
     "logger.plots=false",
@@ -42,7 +44,7 @@ def config(data_root, *overrides):
 
 
 def run(tmp_path, data_root, *overrides):
-    return run_experiment(config(data_root, *overrides), tmp_path), tmp_path
+    return run_experiment(config(data_root, *overrides), tmp_path).to_dict(), tmp_path
 
 
 def epochs_of(out, key):
@@ -117,7 +119,7 @@ def test_dlth_grows_the_penalty_on_a_random_set_then_removes_exactly_that_set(tm
     assert final["kept"] == 525 == kept_count(PRUNABLE, 0.2) and final["density"] == 525 / PRUNABLE
     assert final["test_acc"] == max(finetune, key=lambda r: r["val_acc"])["test_acc"]
     assert final["final_test_acc"] == finetune[-1]["test_acc"]
-    section = summary["dlth"]
+    section = summary["details"]["dlth"]
     assert (section["ceiling"], section["law"], section["gradient_scale"]) == (2e-3, "linear", 2.0)
     assert (section["grow_epochs"], section["stabilize_epochs"], section["finetune_epochs"]) == (2, 1, 2)
     assert summary["cost"]["epochs_per_stage"] == {"transform/dense": 3, "finetune/ticket": 2}
@@ -172,7 +174,7 @@ def test_dlth_iter_cycles_remove_nested_random_sets_at_the_geometric_rate(tmp_pa
     # trainer.epochs=2: per cycle 1 epoch rising, 0 held, 1 fine-tuning
     summary, out = run(tmp_path, data_root, "method=dlth_iter", "sparsity=80", "sparsity.rounds=3", "trainer.epochs=2")
     p_e = 1 - 0.2 ** (1 / 3)
-    assert summary["dlth"]["per_cycle_rate"] == pytest.approx(p_e)
+    assert summary["details"]["dlth"]["per_cycle_rate"] == pytest.approx(p_e)
     counts = {n: round_counts(size, geometric_densities(0.8, 3)) for n, size in LAYERS.items()}
     alive = Mask.ones_like({n: torch.zeros(size) for n, size in LAYERS.items()})
     for cycle in (1, 2, 3):
@@ -185,7 +187,7 @@ def test_dlth_iter_cycles_remove_nested_random_sets_at_the_geometric_rate(tmp_pa
         assert mask.layer_kept() == {n: c[cycle - 1] for n, c in counts.items()}
         pruned = 1 - mask.num_kept() / PRUNABLE
         assert abs(pruned - (1 - (1 - p_e) ** cycle)) <= 1.5 / PRUNABLE  # per-layer rounding only
-        assert summary["dlth"]["per_cycle"][cycle - 1]["pruned_fraction"] == pytest.approx(pruned)
+        assert summary["details"]["dlth"]["per_cycle"][cycle - 1]["pruned_fraction"] == pytest.approx(pruned)
         penalties = [r["penalty"] for r in epochs_of(out, f"cycle{cycle:02d}/transform")]
         assert penalties == pytest.approx([2e-3])  # each cycle's penalty rises anew over its grow epoch
         alive = Mask({n: m.reshape(-1) for n, m in mask.items()})
@@ -195,20 +197,15 @@ def test_dlth_iter_cycles_remove_nested_random_sets_at_the_geometric_rate(tmp_pa
     assert [r["round"] for r in summary["rounds"]] == [0, 1, 2, 3]
 
 
-def test_dlth_iter_needs_the_geometric_schedule(tmp_path, data_root):
-    with pytest.raises(ConfigError, match="sparsity.schedule='fixed_fraction' is not accepted"):
-        run(tmp_path, data_root, "method=dlth_iter", "sparsity.schedule=fixed_fraction")
+def test_dlth_iter_takes_its_cycles_from_any_round_schedule(tmp_path, data_root):
+    """fixed_fraction: remove 60% of the survivors per cycle down to 80% sparsity: 40%, 20% (the last cut short)."""
+    summary, out = run(tmp_path, data_root, "method=dlth_iter", "sparsity.schedule=fixed_fraction", "sparsity.rate=0.6")
+    cycles = summary["details"]["dlth"]["per_cycle"]
+    per_layer = [sum(kept_count(n, d) for n in LAYERS.values()) for d in (0.4, 0.2)]  # exact per-layer counts
+    assert [c["kept"] for c in cycles] == per_layer == [per_layer[0], summary["final"]["kept"]]
 
 
 # ------------------------------------------------------------------------------------------------ resuming
-def _without_seconds(data):
-    if isinstance(data, dict):
-        return {k: _without_seconds(v) for k, v in data.items() if k not in ("seconds", "seconds_total")}
-    if isinstance(data, list):
-        return [_without_seconds(v) for v in data]
-    return data
-
-
 @pytest.mark.parametrize(
     ("method", "kill_at", "masks"),
     [
@@ -236,7 +233,7 @@ def test_a_run_killed_mid_transform_resumes_to_the_same_summary(tmp_path, data_r
     finally:
         torch.set_num_threads(threads)
     assert resumed["status"] == "complete"
-    assert _without_seconds(resumed) == _without_seconds(reference)
+    assert without_timings(resumed) == without_timings(reference)
     assert json.loads((run_dir / "summary.json").read_text())["final"] == resumed["final"]
     for name in masks:
         assert Mask.load(run_dir / f"masks/{name}.pt") == Mask.load(tmp_path / f"reference/masks/{name}.pt")

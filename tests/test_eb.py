@@ -30,9 +30,11 @@ from lth_runner.sparse import Mask, kept_count, prunable_parameters, prune_to_de
 from lth_runner.training.trainer import Trainer
 from lth_runner.utils.io import read_jsonl
 from lth_runner.utils.seeding import derive_seed
-from tests.conftest import REPO
+from tests.conftest import REPO, without_timings
 
 BASE = [
+    "model=mlp",
+    "dataset=mnist1d",
     "method=eb",
     "dataset.num_samples=1000",
     "logger.console=none",
@@ -58,7 +60,7 @@ CONV = [  # ResNet-20 at width 4 on 3x16x16 random images: 196 BatchNorm channel
 
 def run(tmp_path, data_root, *overrides, base=BASE):
     cfg = build_run_config(compose_config([*base, f"paths.data_root={data_root}", *overrides]))
-    return run_experiment(cfg, tmp_path), tmp_path
+    return run_experiment(cfg, tmp_path).to_dict(), tmp_path
 
 
 def epoch_records(out, key):
@@ -159,7 +161,7 @@ def test_the_batchnorm_l1_subgradient_is_s_times_the_sign_of_the_scale():
 # ------------------------------------------------------------------------------------------------ runs
 def test_eb_detection_on_a_tiny_run(tmp_path, data_root):
     summary, out = run(tmp_path, data_root, "trainer.epochs=20", "method.retrain_epochs=2")
-    eb = summary["eb"]
+    eb = summary["details"]["eb"]
     assert eb["found"] and eb["criterion_met"] and eb["threshold"] == 0.1 and eb["window"] == 5
     search = epoch_records(out, "search/dense")
     assert [r["epoch"] for r in search] == list(range(1, eb["epoch"] + 1))  # the search stopped at the detection
@@ -193,7 +195,7 @@ def test_fixed_epoch_mode_draws_the_ticket_at_one_eighth_from_the_eb_weights(tmp
         "method.retrain_epochs=1",
         "trainer.keep_round_weights=true",
     )
-    eb = summary["eb"]
+    eb = summary["details"]["eb"]
     assert eb["epoch"] == 2 and eb["found"] and not eb["criterion_met"] and eb["distances"] is None
     assert summary["cost"]["epochs_per_stage"] == {"search/dense": 2, "retrain/ticket": 1}
     assert summary["stages"]["search/dense"]["stopped_early"]
@@ -205,7 +207,7 @@ def test_fixed_epoch_mode_draws_the_ticket_at_one_eighth_from_the_eb_weights(tmp
 
 def test_without_a_detection_the_last_mask_is_used(tmp_path, data_root):
     summary, out = run(tmp_path, data_root, "trainer.epochs=3", "method.retrain_epochs=1")  # the FIFO never fills
-    eb = summary["eb"]
+    eb = summary["details"]["eb"]
     assert not eb["found"] and eb["epoch"] == 3 and eb["distances"] is None
     assert summary["stages"]["search/dense"]["epochs_trained"] == 3
     assert not summary["stages"]["search/dense"]["stopped_early"]
@@ -260,7 +262,7 @@ def test_retraining_starts_from_the_masked_eb_weights_or_the_initialisation(
 
 def test_the_channel_variant_masks_filters_and_batchnorm_and_keeps_every_layer(tmp_path, data_root):
     summary, out = run(tmp_path, data_root, "trainer.epochs=5", "method.retrain_epochs=2", "sparsity=80", base=CONV)
-    eb = summary["eb"]
+    eb = summary["details"]["eb"]
     channels = Mask.load(out / "masks/eb_channels.pt")
     assert channels.numel() == eb["channels_total"] == 196
     assert channels.num_kept() == eb["channels_kept"] == kept_count(196, 0.2) == 39
@@ -303,21 +305,13 @@ def cli(run_dir, data_root, *extra, env=None):
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
-def comparable(summary):
-    data = json.loads(json.dumps(summary))
-    for block in [data["final"], *data["stages"].values()]:
-        block.pop("seconds")
-    data.pop("cost").pop("seconds_total")
-    return data
-
-
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory, data_root):
     """An uninterrupted CLI run (12 steps per epoch; the ticket emerges after epoch 4)."""
     run_dir = tmp_path_factory.mktemp("eb_reference")
     assert cli(run_dir, data_root, "plugins=[lth_runner.methods.eb]").returncode == 0
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["eb"]["found"] and summary["eb"]["epoch"] >= 5
+    assert summary["details"]["eb"]["found"] and summary["details"]["eb"]["epoch"] >= 5
     return run_dir, summary
 
 
@@ -337,13 +331,14 @@ def killed_and_resumed(run_dir, data_root, kill_at):
 def test_a_run_killed_while_retraining_resumes_without_searching_again(tmp_path, data_root, reference_run):
     reference_dir, reference = reference_run
     records = killed_and_resumed(tmp_path, data_root, "retrain/ticket:30")  # mid-way through the third epoch
-    assert comparable(json.loads((tmp_path / "summary.json").read_text())) == comparable(reference)
+    assert without_timings(json.loads((tmp_path / "summary.json").read_text())) == without_timings(reference)
     assert Mask.load(tmp_path / "masks/eb.pt") == Mask.load(reference_dir / "masks/eb.pt")
     starts = [r for r in records if r["event"] == "stage_start"]
     assert [r["resumed"] for r in starts if r["key"] == "search/dense"] == [False]  # searched once
     restarts = [r for r in starts if r["key"] == "retrain/ticket"]
     assert [r["resumed"] for r in restarts] == [False, True] and restarts[1]["start_epoch"] == 2
-    assert len([r for r in records if r["event"] == "epoch" and r["key"] == "search/dense"]) == reference["eb"]["epoch"]
+    searched = [r for r in records if r["event"] == "epoch" and r["key"] == "search/dense"]
+    assert len(searched) == reference["details"]["eb"]["epoch"]
     assert sum(r["event"] == "prune" for r in records) == 1
 
 
@@ -351,7 +346,7 @@ def test_a_run_killed_while_retraining_resumes_without_searching_again(tmp_path,
 def test_a_run_killed_while_searching_resumes_with_its_mask_history(tmp_path, data_root, reference_run):
     reference_dir, reference = reference_run
     records = killed_and_resumed(tmp_path, data_root, "search/dense:40")  # in epoch 4, before the detection
-    assert comparable(json.loads((tmp_path / "summary.json").read_text())) == comparable(reference)
+    assert without_timings(json.loads((tmp_path / "summary.json").read_text())) == without_timings(reference)
     assert Mask.load(tmp_path / "masks/eb.pt") == Mask.load(reference_dir / "masks/eb.pt")
     restarts = [r for r in records if r["event"] == "stage_start" and r["key"] == "search/dense"]
     assert [r["resumed"] for r in restarts] == [False, True] and restarts[1]["start_epoch"] == 3

@@ -13,6 +13,8 @@ from lth_runner.sparse import Mask, kept_count
 from lth_runner.utils.io import read_jsonl
 
 BASE = [
+    "model=mlp",
+    "dataset=mnist1d",
     "dataset.num_samples=1000",
     "trainer.epochs=2",
     "logger.console=none",
@@ -25,7 +27,7 @@ PRUNABLE = 40 * 32 + 32 * 32 + 32 * 10
 
 def run(tmp_path, data_root, *overrides):
     cfg = build_run_config(compose_config([*BASE, f"paths.data_root={data_root}", *overrides]))
-    return run_experiment(cfg, tmp_path), tmp_path
+    return run_experiment(cfg, tmp_path).to_dict(), tmp_path
 
 
 def test_one_shot_lth_prunes_straight_to_the_exact_target(tmp_path, data_root):

@@ -22,6 +22,8 @@ from lth_runner.utils.io import read_jsonl
 from tests.conftest import REPO
 
 SMALL = [
+    "model=mlp",
+    "dataset=mnist1d",
     "dataset.num_samples=1000",
     "model.hidden=[16]",
     "trainer.epochs=1",
@@ -176,7 +178,7 @@ def test_epoch_axis_counts_every_trained_epoch_and_marks_density_changes(sweep):
     runs = collect_runs(sweep)
     run = next(r for r in runs if r.method == "lth_iter")
     series = epoch_series(run)
-    assert series.epochs == [1, 2, 3] == list(range(1, int(run.summary["cost"]["epochs_total"]) + 1))
+    assert series.epochs == [1, 2, 3] == list(range(1, int(run.summary.cost.epochs_total) + 1))
     assert series.density_changes == [1.5, 2.5]  # dense -> round 1 -> round 2
     records = [r for r in read_jsonl(run.path / "metrics.jsonl") if r["event"] == "epoch"]
     assert series.test_acc == pytest.approx([100 * r["test_acc"] for r in records])
@@ -198,7 +200,7 @@ def test_a_duplicated_epoch_record_keeps_the_last_and_adds_no_point(sweep, tmp_p
         handle.write(json.dumps(replayed) + "\n")
     run = next(r for r in collect_runs(root) if r.rel == "2")
     epochs = run.epoch_records()
-    assert len(epochs) == run.summary["cost"]["epochs_total"] == 3
+    assert len(epochs) == run.summary.cost.epochs_total == 3
     assert epochs[0]["key"] == first["key"] and epochs[0]["test_acc"] == 0.5  # last record, first position
     assert epoch_series(run).test_acc[0] == 50.0 and len(epoch_series(run).epochs) == 3
 

@@ -85,3 +85,77 @@ def test_cosine_warm_restarts_follow_sgdr():
     assert restart_cycle(45, 10, 2.0) == pytest.approx((15, 40))
     assert lr(20, name="cosine_restarts", restart_epochs=10) == pytest.approx(0.1)  # a restart
     assert lr(15, name="cosine_restarts", restart_epochs=10) == pytest.approx(0.05)
+
+
+# ------------------------------------------------------------------------------ schedules through the trainer
+def _trained_rates(name, epochs, *, start_step=0, schedule_epochs=None, **scheduler):
+    """The learning rate of every optimizer step of a stage of ``epochs`` epochs (4 steps per epoch)."""
+    from lth_runner.config.schema import ModelConfig, OptimConfig, SyntheticConfig, TrainerConfig
+    from lth_runner.data import build_data
+    from lth_runner.models import build_model
+    from lth_runner.training import Stage, Trainer
+
+    data = build_data(
+        SyntheticConfig(name="synthetic", shape=[4], train_size=32, test_size=8, dtype="float32", val_size=0),
+        batch_size=8,
+    )
+    model = build_model(ModelConfig(arch="mlp", name="mlp", kwargs={"hidden": [4]}), (4,), 10, seed=0)
+    optim = OptimConfig(lr=0.1, momentum=0.0, scheduler=SchedulerConfig(name=name, **scheduler))
+    trainer = Trainer(model, data, optim=optim, trainer=TrainerConfig(epochs=epochs, eval_test=False))
+    rates = []
+
+    class Record:
+        def after_step(self, t):
+            rates.append(t.lr)
+
+    stage = Stage("s", 0, "x", epochs, start_step=start_step, schedule_epochs=schedule_epochs)
+    trainer.fit(stage, [Record()])
+    return rates
+
+
+@pytest.mark.parametrize("epochs", [3, 7])
+def test_every_annealing_schedule_anneals_over_the_stage_it_trains(epochs):
+    """A stage of any length starts at lr and ends near min_lr (cosine_restarts without a restart period is one
+    cosine over the stage: the bug this guards against restarted every 10 epochs, whatever the stage length)."""
+    steps = 4 * epochs
+    expected = [0.1 * 0.5 * (1 + math.cos(math.pi * t / steps)) for t in range(steps)]  # at progress t / 4 epochs
+    for name in ("cosine", "cosine_restarts"):
+        rates = _trained_rates(name, epochs)
+        assert rates == pytest.approx(expected, rel=1e-9, abs=1e-12), name
+        assert rates[-1] < 0.02 * 0.1, name  # the bug left 0.083 at 3 epochs, 0.041 at 7
+    assert _trained_rates("constant", epochs) == [0.1] * steps
+    # multistep milestones are epochs of the stage: x0.1 after epoch 1, x0.01 after epoch 2
+    rates = _trained_rates("multistep", epochs, milestones=[1, 2])
+    assert rates == pytest.approx([0.1] * 4 + [0.01] * 4 + [0.001] * (steps - 8))
+    # warm-up over the first epoch, then the cosine over the rest of the stage
+    rates = _trained_rates("cosine", epochs, warmup_epochs=1)
+    assert rates[:4] == pytest.approx([0.0, 0.025, 0.05, 0.075])
+    assert rates[4] == pytest.approx(0.1) and rates[-1] < 0.1 * 0.05
+
+
+def test_an_explicit_restart_period_restarts_and_a_rewound_stage_continues_its_schedule():
+    rates = _trained_rates("cosine_restarts", 7, restart_epochs=2)
+    assert [rates[i] for i in (0, 8, 16, 24)] == pytest.approx([0.1] * 4)  # restarts at epochs 2, 4, 6
+    assert rates[7] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 7 / 8)))
+    # a stage rewound to epoch 2 of a 6-epoch schedule continues it: its first rate is the schedule's at epoch 2
+    rewound = _trained_rates("cosine", 6, start_step=8, schedule_epochs=6)
+    assert len(rewound) == 16 and rewound[0] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 8 / 24)))
+
+
+def test_a_loaded_optimizer_state_keeps_the_stages_own_hyperparameters():
+    """Momentum buffers come back with a rewind; weight decay, momentum and the rate stay the stage's (the bug:
+    rewinding the optimizer made stage 2 train with the weight decay 0 of stage 1)."""
+    import torch
+
+    from lth_runner.config.schema import OptimConfig
+    from lth_runner.training.optim import build_optimizer, load_state_keeping_hyperparameters
+
+    weight = torch.nn.Parameter(torch.ones(3))
+    first = build_optimizer([weight], OptimConfig(lr=0.1, momentum=0.9, weight_decay=0.0))
+    weight.grad = torch.ones(3)
+    first.step()
+    second = build_optimizer([weight], OptimConfig(lr=0.05, momentum=0.5, weight_decay=1e-3))
+    load_state_keeping_hyperparameters(second, first.state_dict())
+    group = second.param_groups[0]
+    assert (group["weight_decay"], group["momentum"], group["lr"]) == (1e-3, 0.5, 0.05)
+    assert torch.equal(second.state[weight]["momentum_buffer"], first.state[weight]["momentum_buffer"])

@@ -49,7 +49,7 @@ def test_imp_winning_tickets_on_real_mnist(tmp_path):
                 ]
             )
         )
-        summary = run_experiment(cfg, tmp_path / f"seed{seed}")
+        summary = run_experiment(cfg, tmp_path / f"seed{seed}").to_dict()
         dense, final = summary["rounds"][0], summary["rounds"][-1]
         overall_density = (final["kept"] + 100 * 10) / LENET_WEIGHTS  # the output layer stays dense
         rows.append(

@@ -26,7 +26,7 @@ SMALL_IMAGES = [
 
 
 def run(tmp_path, *overrides):
-    summary = run_experiment(build_run_config(compose_config([*SMALL_IMAGES, *overrides])), tmp_path)
+    summary = run_experiment(build_run_config(compose_config([*SMALL_IMAGES, *overrides])), tmp_path).to_dict()
     state = torch.load(tmp_path / "checkpoints/last.pt", weights_only=False)["model"]
     mask = Mask.load(tmp_path / "masks/round_01.pt")
     for name, keep in mask.items():

@@ -17,10 +17,12 @@ from lth_runner.sparse import Mask, kept_count
 from lth_runner.sparse.laws import law_fraction, penalty_coefficient
 from lth_runner.training import GrowingPenalty, Stage, Trainer
 from lth_runner.utils.io import read_jsonl
-from tests.conftest import run_cli
+from tests.conftest import run_cli, without_timings
 
 # Small MNIST-1D runs: 10 batches per epoch; 300 training examples overfit fast, so validation loss turns early.
 BASE = [
+    "model=mlp",
+    "dataset=mnist1d",
     "dataset.num_samples=1000",
     "dataset.train_subset=300",
     "model.hidden=[32,32]",
@@ -42,13 +44,13 @@ def config(data_root, *overrides):
 @pytest.fixture(scope="module")
 def unilth_run(tmp_path_factory, data_root):
     out = tmp_path_factory.mktemp("unilth")
-    return run_experiment(config(data_root, "method=unilth"), out), out
+    return run_experiment(config(data_root, "method=unilth"), out).to_dict(), out
 
 
 @pytest.fixture(scope="module")
 def unidlth_run(tmp_path_factory, data_root):
     out = tmp_path_factory.mktemp("unidlth")
-    return run_experiment(config(data_root, "method=unidlth", "regularizer=explaw"), out), out
+    return run_experiment(config(data_root, "method=unidlth", "regularizer=explaw"), out).to_dict(), out
 
 
 def test_the_four_laws_hand_computed():
@@ -83,7 +85,7 @@ def test_penalty_gradient_is_twice_alpha_w_on_the_selected_set():
 
 def test_stage_one_stops_by_patience_and_rewinds_exactly_xi_epochs(unilth_run, data_root, tmp_path):
     summary, out = unilth_run
-    stage1 = summary["stage1"]
+    stage1 = summary["details"]["stage1"]
     assert stage1["stopped_by"] == "patience" and stage1["stop_epoch"] < 16
     assert stage1["rewind_epoch"] == stage1["stop_epoch"] - 2 and stage1["rewind_step"] == 10 * stage1["rewind_epoch"]
     losses = [
@@ -106,8 +108,8 @@ def test_stage_one_stops_by_patience_and_rewinds_exactly_xi_epochs(unilth_run, d
 
 def test_unilth_prunes_at_the_algorithm_steps_to_exact_counts(unilth_run):
     summary, out = unilth_run
-    stage1, events = summary["stage1"], summary["stage2"]["events"]
-    start, steps = stage1["rewind_step"], summary["stage2"]["epochs"] * 10
+    stage1, events = summary["details"]["stage1"], summary["details"]["stage2"]["events"]
+    start, steps = stage1["rewind_step"], summary["details"]["stage2"]["epochs"] * 10
     assert [e["step"] for e in events] == [start + math.floor(g * steps / 4 + 0.5) for g in (1, 2, 3, 4)]
     assert [e["kept"] for e in events] == [kept_count(PRUNABLE, 0.2 ** (g / 4)) for g in (1, 2, 3, 4)]
     assert summary["final"]["kept"] == kept_count(PRUNABLE, 0.2) == Mask.load(out / "masks/round_04.pt").num_kept()
@@ -117,10 +119,36 @@ def test_unilth_prunes_at_the_algorithm_steps_to_exact_counts(unilth_run):
     epochs = [r for r in read_jsonl(out / "metrics.jsonl") if r["event"] == "epoch" and r["key"] == "stage2/prune"]
     penalties = [r["penalty"] for r in epochs]
     assert penalties == sorted(penalties) and penalties[-1] == pytest.approx(1e-3)  # linear up to UniLTH's R_ceil
-    # only the epoch after the last event is eligible for "best validation"
+    # only the epoch after the last event is eligible for "best validation" in stage 2
     assert [r["selectable"] for r in epochs] == [False] * (len(epochs) - 1) + [True]
-    assert summary["final"]["best_epoch"] == epochs[-1]["epoch"]
+    # by default the final mask is then trained without penalty for half of trainer.epochs (DLTH's share), and the
+    # delivered network is that fine-tune's best-validation epoch
+    tuned = [r for r in read_jsonl(out / "metrics.jsonl") if r["event"] == "epoch" and r["key"] == "stage3/finetune"]
+    assert len(tuned) == 8 and all("penalty" not in r for r in tuned)
+    assert {round(r["density"] * PRUNABLE) for r in tuned} == {kept_count(PRUNABLE, 0.2)}
+    best = max(tuned, key=lambda r: r["val_acc"])
+    assert (summary["final"]["key"], summary["final"]["best_epoch"]) == ("stage3/finetune", best["epoch"])
+    assert (
+        summary["final"]["test_acc"] == best["test_acc"] and summary["final"]["final_test_acc"] == tuned[-1]["test_acc"]
+    )
     assert summary["cost"]["ticket_found_epoch"] == stage1["stop_epoch"]
+
+
+def test_the_literal_reading_stops_at_the_last_event_and_before_end_trains_a_final_interval(tmp_path, data_root):
+    literal = run_experiment(config(data_root, "method=unilth", "method.finetune_epochs=0"), tmp_path / "a")
+    assert literal.final.key == "stage2/prune" and "stage3/finetune" not in literal.stages
+    rounds = run_experiment(
+        config(data_root, "method=unilth", "method.finetune_epochs=0", "method.last_event=before_end"), tmp_path / "b"
+    )
+    stage1, stage2 = rounds.details["stage1"], rounds.details["stage2"]
+    start, steps = stage1["rewind_step"], stage2["epochs"] * 10
+    assert [e["step"] for e in stage2["events"]] == [start + math.floor(g * steps / 5 + 0.5) for g in (1, 2, 3, 4)]
+    records = [
+        r for r in read_jsonl(tmp_path / "b/metrics.jsonl") if r["event"] == "epoch" and r["key"] == "stage2/prune"
+    ]
+    last_event = stage2["events"][-1]["step"]
+    assert [r["selectable"] for r in records] == [r["step"] >= last_event for r in records]
+    assert sum(r["selectable"] for r in records) >= 2  # the final interval: E/(psi+1) epochs at the final mask
 
 
 def test_unidlth_prunes_only_inside_the_random_set_and_empties_it(unidlth_run):
@@ -135,8 +163,8 @@ def test_unidlth_prunes_only_inside_the_random_set_and_empties_it(unidlth_run):
         assert all(mask[n][~unimportant[n]].all() for n in mask)  # nothing outside U is ever pruned
     final = Mask.load(out / "masks/round_04.pt")
     assert all(not final[n][unimportant[n]].any() for n in final)  # the last event empties U
-    assert summary["final"]["kept"] == PRUNABLE - summary["stage2"]["unimportant"]
-    assert summary["stage2"]["law"] == "explaw" and summary["stage2"]["ceiling"] == 1e-2
+    assert summary["final"]["kept"] == PRUNABLE - summary["details"]["stage2"]["unimportant"]
+    assert summary["details"]["stage2"]["law"] == "explaw" and summary["details"]["stage2"]["ceiling"] == 1e-2
     other = Mask.load(out / "masks/unimportant.pt")
     assert other == unimportant
 
@@ -144,8 +172,8 @@ def test_unidlth_prunes_only_inside_the_random_set_and_empties_it(unidlth_run):
 def test_reset_mode_restarts_every_round_from_the_rewind_point(tmp_path, data_root):
     summary = run_experiment(
         config(data_root, "method=unilth", "method.reset_after_prune=true", "method.stage2_epochs=4"), tmp_path
-    )
-    rewind_epoch = summary["stage1"]["rewind_epoch"]
+    ).to_dict()
+    rewind_epoch = summary["details"]["stage1"]["rewind_epoch"]
     starts = [
         r for r in read_jsonl(tmp_path / "metrics.jsonl") if r["event"] == "stage_start" and r["phase"] == "ticket"
     ]
@@ -153,7 +181,7 @@ def test_reset_mode_restarts_every_round_from_the_rewind_point(tmp_path, data_ro
     assert [round(r["density"] * PRUNABLE) for r in starts] == [
         kept_count(PRUNABLE, 0.2 ** (g / 4)) for g in (1, 2, 3, 4)
     ]
-    assert summary["final"]["kept"] == kept_count(PRUNABLE, 0.2) and summary["stage2"]["mode"] == "reset"
+    assert summary["final"]["kept"] == kept_count(PRUNABLE, 0.2) and summary["details"]["stage2"]["mode"] == "reset"
 
 
 def test_stage_two_needs_steps_for_every_event(tmp_path, data_root):
@@ -165,7 +193,7 @@ def test_unilth_killed_in_stage_two_resumes_to_the_same_summary(tmp_path, data_r
     overrides = [*BASE, "method=unilth", "trainer.num_threads=1", "logger.console=plain"]
     reference = run_cli(*overrides, f"hydra.run.dir={tmp_path / 'reference'}", data_root=data_root)
     assert reference.returncode == 0, reference.stderr[-2000:]
-    stage1 = json.loads((tmp_path / "reference/summary.json").read_text())["stage1"]
+    stage1 = json.loads((tmp_path / "reference/summary.json").read_text())["details"]["stage1"]
     kill_step = stage1["rewind_step"] + 15  # one and a half epochs into stage 2, after the first checkpoint
     killed = run_cli(
         *overrides,
@@ -178,11 +206,7 @@ def test_unilth_killed_in_stage_two_resumes_to_the_same_summary(tmp_path, data_r
     resumed = run_cli(*overrides, f"hydra.run.dir={tmp_path / 'run'}", data_root=data_root)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     first, second = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("reference", "run"))
-    for summary in (first, second):
-        summary.pop("cost")
-        for block in (summary["stage1"], summary["final"]):
-            block.pop("seconds")
-    assert first == second
+    assert without_timings(first) == without_timings(second)
     for g in (1, 2, 3, 4):
         assert Mask.load(tmp_path / f"run/masks/round_{g:02d}.pt") == Mask.load(
             tmp_path / f"reference/masks/round_{g:02d}.pt"

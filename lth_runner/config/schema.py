@@ -181,10 +181,10 @@ class UniLTHConfig(MethodConfig):
     stage1_max_epochs: int | None = option(None, ge=1, help="cap on stage 1 (null: trainer.epochs)")
     stage2_epochs: int | None = option(None, ge=1, help="E of the laws (null: what remains of trainer.epochs)")
     last_event: str = option(
-        "before_end",
-        choices=("before_end", "at_end"),
-        help="before_end: psi events split stage 2 into psi+1 intervals, the last trains the final mask; "
-        "at_end: Algorithm 1 as printed (the last event at the last step)",
+        "at_end",
+        choices=("at_end", "before_end"),
+        help="at_end: events at M/psi * gamma (Algorithm 1); before_end: at M/(psi+1) * gamma, so the last "
+        "interval of stage 2 trains the final mask (Sec. 3.3's rounds)",
     )
     reset_after_prune: bool = option(False, help="Sec. 3.3 'train, prune, reset' instead of one continuous stage 2")
     rewind_optimizer: bool = option(False, help="restore the optimizer state of the rewind epoch too")
@@ -192,8 +192,19 @@ class UniLTHConfig(MethodConfig):
     weight_decay: str = option(
         "none", choices=("none", "stage2", "both"), help="stages where optim.weight_decay applies besides the penalty"
     )
-    finetune_epochs: int = option(0, ge=0, help="epochs trained after stage 2 without penalty")
+    finetune_epochs: int | None = option(
+        None,
+        ge=0,
+        help="epochs training the final mask after stage 2, without penalty (null: half of trainer.epochs, as "
+        "DLTH's fine-tune; 0: Algorithm 1 as printed, which stops at the last event)",
+    )
     criterion: str = option("magnitude", registry="criteria", help="pruning criterion")
+
+    def resolved_finetune_epochs(self, trainer_epochs: int) -> int:
+        """``finetune_epochs``, with null read as DLTH's default share: half of the epochs (half up, >= 1)."""
+        if self.finetune_epochs is not None:
+            return self.finetune_epochs
+        return max(1, (trainer_epochs + 1) // 2)
 
 
 @dataclass

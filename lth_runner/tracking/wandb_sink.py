@@ -1,32 +1,49 @@
 """Weights & Biases: a tracker sink that mirrors ``metrics.jsonl`` into a W&B run. ``metrics.jsonl`` stays the
-source of truth; W&B is a view of it that never prompts, never blocks a run and never fails one.
+source of truth; W&B is a view of it that never prompts, never blocks a run and never fails one (problems are
+one-line warnings). Only rank 0 logs (``run_experiment`` creates the sink there only).
 
 - Mode: ``logger.wandb.mode`` ``online`` / ``offline`` / ``disabled``, or ``auto``: ``$WANDB_MODE`` if set, else
   online when credentials exist (``$WANDB_API_KEY``, ``$WANDB_IDENTITY_TOKEN_FILE`` or a ``.netrc`` entry for the
   W&B host), else offline. Online without credentials, or an online start that fails (no network), continues
-  offline with a one-line warning: the data is kept for ``wandb sync``.
-- Files land in ``<output_dir>/wandb/``; the W&B run id is kept in ``<output_dir>/wandb_run_id`` so that a resumed
-  or requeued run continues the same W&B run (``resume="allow"``).
-- History steps: the epoch record number ``i`` of ``metrics.jsonl`` (0-based, in file order) is logged at W&B step
-  ``i``. W&B drops any step lower than one it already has, and a process that is killed loses whatever W&B had not
-  yet written (its run file is flushed every few seconds), so a resumed run first finds the last step W&B holds
-  (online: the server's resume step; offline: the run files of earlier attempts in ``<output_dir>/wandb/``) and
-  re-logs the records of ``metrics.jsonl`` after it before logging anything new. The history then holds exactly
-  the epoch records of ``metrics.jsonl``, one row each, in order: after keeping the last row per ``(key, epoch)``
-  (an epoch cut short by a crash after it was logged is logged again when re-run) it equals ``metrics.jsonl``
-  deduplicated the same way.
+  offline with a one-line warning: the data is kept for ``wandb sync``. ``disabled`` starts nothing, writes nothing.
+- Files land in ``<output_dir>/wandb/`` (one ``offline-run-<time>-<id>`` or ``run-<time>-<id>`` folder per
+  attempt). The W&B run id is kept in ``<output_dir>/wandb_run_id``: a resumed, requeued or re-run run continues
+  the same W&B run (``resume="allow"``). ``<output_dir>/wandb_state.json`` is the sink's own record of what an
+  attempt that finished its W&B run cleanly left in W&B (mode, epoch records, digest of the end-of-run uploads).
+- History: every epoch record of ``metrics.jsonl`` is one W&B row carrying ``epoch_index``, its 0-based number
+  among the epoch records of ``metrics.jsonl``; every metric is plotted against it (``define_metric("*",
+  step_metric="epoch_index")``). Rows are logged without ``step=``, so W&B's own ``_step`` is just a row counter.
+- Resume: a new attempt first re-logs the epoch records W&B may lack, then continues. Online, W&B holds up to the
+  resumed run's ``summary["epoch_index"]``: re-logging starts after it (a run the server does not know yet, e.g.
+  one whose earlier attempts were offline and never synced, gets everything). Offline there is no server to ask
+  and this sink never reads W&B's run files, so an offline attempt re-logs every epoch record from the start: each
+  offline folder holds the whole history up to its end (whatever ``wandb sync`` does with several folders of one
+  run, appending or replacing, the last one alone is complete). A reader of the W&B history should therefore
+  expect rows to repeat: **the last row per ``epoch_index`` is authoritative** (repeats are copies of the same
+  record; charts against ``epoch_index`` overlap exactly). After that, keeping the last row per ``(key, epoch)``
+  (an epoch cut short by a crash after it was logged is logged again, under a new ``epoch_index``, when it is
+  re-run) gives exactly ``metrics.jsonl`` deduplicated the same way.
+- A finished run that is run again (a re-submitted sweep) opens no W&B run when ``wandb_state.json`` says an
+  earlier attempt in the same mode already finished it with every epoch record and the same end-of-run uploads;
+  the sink starts W&B only if something new arrives (an epoch, a prune, or end-of-run files that changed).
 - Keys: epoch metrics are prefixed by the stage phase (``dense/test_acc``, ``ticket/test_acc``, ``reinit/val_acc``,
   ``eb/eb_max_distance``) so curves of different stages are separable; ``key``, ``phase``, ``round``, ``epoch``,
   ``density``, ``lr``, ``optimizer_step``, ``epoch_seconds`` and ``elapsed`` are unprefixed. A prune is logged
   with the next epoch's row: ``prune/round``, ``prune/density``, ``prune/kept``, ``layer_density/<name>``.
 - End of run: the summary gets ``summary.json``'s ``final`` block (``test_acc``, ``density``, ... at the top level
   and as ``final``), ``cost`` and ``status``; IMP-style summaries (``rounds``) add the table
-  ``accuracy_vs_density/table`` (round, density, ticket and control accuracies) and a line chart of it.
+  ``accuracy_vs_density/table`` (round, density, ticket and control accuracies) and a line chart of it, in a
+  row W&B stamps with the last ``epoch_index``. Two
+  artifacts are logged (offline too: W&B stages copies under ``$WANDB_DATA_DIR/artifacts/staging`` and ``wandb
+  sync`` uploads them): ``masks-<run id>`` (type ``masks``: every ``masks/*.pt``) and ``summary-<run id>`` (type
+  ``summary``: ``summary.json`` and ``config.yaml``); a re-upload with other contents is a new version.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import netrc
 import os
 import secrets
@@ -38,10 +55,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from lth_runner.errors import UserError
-from lth_runner.tracking.wandb_records import read_run_file, run_files
-from lth_runner.utils.io import read_jsonl, write_text_atomic
+from lth_runner.utils.io import read_jsonl, write_json_atomic, write_text_atomic
 
 RUN_ID_FILE = "wandb_run_id"
+STATE_FILE = "wandb_state.json"
+STEP_METRIC = "epoch_index"
 DEFAULT_BASE_URL = "https://api.wandb.ai"
 _MODE_ALIASES = {"online": "online", "run": "online", "offline": "offline", "dryrun": "offline", "disabled": "disabled"}
 # Epoch-record fields logged without the phase prefix (the rest of the numeric fields get it).
@@ -94,29 +112,39 @@ def resolve_mode(configured: str, environ: Mapping[str, str] | None = None) -> s
     return mode
 
 
-# ---------------------------------------------------------------------------------------------------- run files
-def _next_local_step(output_dir: Path, run_id: str) -> int:
-    """One past the last history step recorded locally for ``run_id`` (0 when none)."""
-    last = -1
-    for path in run_files(output_dir, run_id):
-        try:
-            for record in read_run_file(path):
-                if record.WhichOneof("record_type") == "history":
-                    last = max(last, record.history.step.num)
-        except Exception as err:  # an unreadable file: replay more rather than less
-            _warn(f"could not read {path} ({err}); W&B history may repeat some epochs")
-    return last + 1
-
-
 # ---------------------------------------------------------------------------------------------------- sink
 class WandbSink:
-    """Tracker sink that logs a run's events to W&B (rank 0 only; ``RunContext`` creates it)."""
+    """Tracker sink that logs a run's events to W&B (rank 0 only; ``run_experiment`` creates it with :meth:`create`).
 
-    def __init__(self, wb_run: Any, output_dir: Path, epochs_logged: int) -> None:
-        self._run = wb_run
+    Until W&B is started (at once, or for a finished run only when something new arrives) the sink holds the
+    ``wandb.init`` arguments; a sink whose W&B start failed, or ``disabled``, ignores every event."""
+
+    def __init__(
+        self,
+        output_dir: Path,
+        *,
+        init: dict[str, Any] | None = None,
+        mode: str = "disabled",
+        resumed: bool = False,
+        console: Any = None,
+        records: list[dict[str, Any]] | None = None,
+        state: dict[str, Any] | None = None,
+    ) -> None:
         self.output_dir = output_dir
-        self._step = epochs_logged  # the W&B step of the next epoch record = epoch records in metrics.jsonl so far
-        self._failed_once = False
+        self._run: Any = None
+        self._init = init  # wandb.init arguments while W&B is not started (None: nothing left to start)
+        self._mode = mode
+        self._resumed = resumed
+        self._console = console
+        self._records = records or []  # metrics.jsonl as it was when the sink was created
+        self._state = state or {}  # wandb_state.json of earlier attempts (this run id only)
+        self._next_index = sum(r.get("event") == "epoch" for r in self._records)  # epoch_index of the next epoch
+        self._pending_prune: dict[str, Any] = {}  # a prune's fields, logged with the next epoch's row
+        self._pending_start: dict[str, Any] | None = None
+        self._end_digest: str | None = None  # what this attempt's run_end uploaded (None: no run_end)
+        self._incomplete = False  # W&B may lack something this attempt logged (a failure was warned about)
+        self._warned = False
+        self._closed = False
 
     @classmethod
     def create(cls, run: Any) -> WandbSink:
@@ -124,12 +152,13 @@ class WandbSink:
         cfg = run.cfg.logger.wandb
         output_dir = Path(run.output_dir).resolve()
         mode = resolve_mode(cfg.mode)
+        if mode == "disabled":
+            return cls(output_dir)
         id_path = output_dir / RUN_ID_FILE
         resumed = id_path.exists() and bool(id_path.read_text().strip())
         run_id = id_path.read_text().strip() if resumed else _new_id()
         if not resumed:
             write_text_atomic(id_path, run_id + "\n")
-        local_next = _next_local_step(output_dir, run_id) if resumed else 0
         init = dict(
             project=cfg.project,
             entity=cfg.entity,
@@ -141,46 +170,48 @@ class WandbSink:
             id=run_id,
             resume="allow" if resumed else None,
         )
-        try:
-            wb_run, mode = _start(mode, init)
-        except Exception as err:  # W&B is a view of metrics.jsonl: losing it must not lose the run
-            _warn(f"W&B is off for this run: it did not start ({_one_line(err)})")
-            return cls(None, output_dir, 0)
-        # W&B's history already ends here: online, the server says; offline, the earlier attempts' run files do.
-        known = (wb_run.starting_step if wb_run.resumed else 0) if mode == "online" else local_next
-        records = read_jsonl(output_dir / "metrics.jsonl")
-        sink = cls(wb_run, output_dir, sum(r.get("event") == "epoch" for r in records))
-        try:
-            sink._replay(records, known)
-        except Exception as err:
-            _warn(f"W&B could not re-log the epochs of earlier attempts ({_one_line(err)})")
-        sink._announce(run, mode, resumed)
+        records = read_jsonl(output_dir / "metrics.jsonl")  # W&B lacks these unless it says otherwise
+        state = _read_state(output_dir, run_id) if resumed else {}
+        sink = cls(output_dir, init=init, mode=mode, resumed=resumed, console=getattr(run, "console", None),
+                   records=records, state=state)  # fmt: skip
+        if sink._up_to_date():
+            sink._print(f"wandb: {mode} run {run_id} already holds this finished run; nothing new to log")
+        else:
+            sink._start()
         return sink
 
     # ------------------------------------------------------------------------------------ sink interface
     def log(self, record: dict[str, Any]) -> None:
-        if self._run is None:
+        if self._closed or (self._run is None and self._init is None):
             return
         try:
             event = record.get("event")
+            if self._run is None:  # a finished run: start W&B only for something it does not have
+                if event == "run_start":
+                    self._pending_start = record
+                    return
+                if not (event in ("epoch", "prune") or (event == "run_end" and self._end_changed(record))):
+                    return
+                if not self._start():
+                    return
             if event == "epoch":
-                self._log_epoch(record, self._step)
-                self._step += 1
+                index, self._next_index = self._next_index, self._next_index + 1
+                self._log_epoch(record, index)
             elif event == "prune":
-                self._log_prune(record, self._step)
+                self._stage_prune(record)
             elif event == "run_start":
-                self._run.summary.update(
-                    {k: record[k] for k in ("data", "prunable_weights") if record.get(k) is not None}
-                )
+                self._log_start(record)
             elif event == "run_end":
                 self._log_end(record)
         except Exception as err:
-            if not self._failed_once:
-                self._failed_once = True
-                _warn(f"W&B logging failed ({_one_line(err)}); metrics.jsonl is unaffected")
+            self._warn_once(f"W&B logging failed ({_one_line(err)}); metrics.jsonl is unaffected")
 
     def close(self, failed: bool = False) -> None:
-        """Finish the W&B run (exit code 1 when the run failed); idempotent, never raises."""
+        """Finish the W&B run (exit code 1 when the run failed) and record what it holds; idempotent, never
+        raises."""
+        if self._closed:
+            return
+        self._closed = True
         wb_run, self._run = self._run, None
         if wb_run is None:
             return
@@ -192,28 +223,96 @@ class WandbSink:
             wb_run.finish(exit_code=1 if failed else 0)
         except Exception as err:
             _warn(f"finishing the W&B run failed ({_one_line(err)})")
+            return
+        complete = not self._incomplete
+        state = {
+            "run_id": wb_run.id,
+            "mode": self._mode,
+            "epochs": self._next_index if complete else 0,
+            "end": self._end_digest if complete and not failed else None,
+        }
+        try:
+            write_json_atomic(self.output_dir / STATE_FILE, state)
+        except Exception as err:
+            _warn(f"could not write {self.output_dir / STATE_FILE} ({_one_line(err)})")
+
+    # ------------------------------------------------------------------------------------ start and resume
+    def _up_to_date(self) -> bool:
+        """Whether an earlier attempt in this mode finished this W&B run with every epoch record and the end of the
+        run (a finished run run again): then W&B is started only if something new arrives."""
+        state = self._state
+        return (
+            self._resumed
+            and state.get("mode") == self._mode
+            and state.get("end") is not None
+            and state.get("epochs") == self._next_index
+        )
+
+    def _start(self) -> bool:
+        """``wandb.init``, the step metric, then the epoch records W&B may lack. False when W&B did not start."""
+        init, self._init = self._init, None
+        try:
+            self._run, self._mode = _start(self._mode, init)
+        except Exception as err:  # W&B is a view of metrics.jsonl: losing it must not lose the run
+            _warn(f"W&B is off for this run: it did not start ({_one_line(err)})")
+            return False
+        try:
+            self._run.define_metric(STEP_METRIC)
+            self._run.define_metric("*", step_metric=STEP_METRIC)
+            self._replay(self._known_epochs())
+        except Exception as err:
+            _warn(f"W&B could not re-log the epochs of earlier attempts ({_one_line(err)})")
+            self._incomplete = True
+        self._records = []
+        self._print(self._started_line())
+        if self._pending_start is not None:
+            self._log_start(self._pending_start)
+        return True
+
+    def _known_epochs(self) -> int:
+        """How many epoch records (from the first) W&B surely holds. Online: one past the resumed run's last
+        ``epoch_index``. Offline: none (no server to ask; rows may repeat, the last row per index is authoritative)."""
+        if self._mode != "online" or not getattr(self._run, "resumed", False):
+            return 0
+        last = self._run.summary.get(STEP_METRIC)
+        return int(last) + 1 if isinstance(last, (int, float)) and not isinstance(last, bool) else 0
+
+    def _replay(self, known: int) -> None:
+        """Re-log the epoch (and prune) records of earlier attempts from ``epoch_index`` ``known`` on."""
+        index = 0
+        for record in self._records:
+            event = record.get("event")
+            if event == "epoch":
+                if index >= known:
+                    self._log_epoch(record, index)
+                index += 1
+            elif event == "prune" and index >= known:
+                self._stage_prune(record)
 
     # ------------------------------------------------------------------------------------ events
-    def _log_epoch(self, record: dict[str, Any], step: int) -> None:
+    def _log_epoch(self, record: dict[str, Any], index: int) -> None:
         phase = record.get("phase") or "train"
-        row: dict[str, Any] = {"key": record.get("key"), "phase": phase}
+        row, self._pending_prune = self._pending_prune, {}
+        row.update({STEP_METRIC: index, "key": record.get("key"), "phase": phase})
         for name, value in record.items():
             if name in _NOT_LOGGED or not _is_number(value):
                 continue
             row[_SHARED.get(name) or f"{phase}/{name}"] = int(value) if isinstance(value, bool) else value
-        self._run.log(row, step=step, commit=True)
+        self._run.log(row)
 
-    def _log_prune(self, record: dict[str, Any], step: int) -> None:
-        """Merged into the row of the next epoch (``step``), which commits it."""
+    def _stage_prune(self, record: dict[str, Any]) -> None:
+        """A prune's fields, merged into the row of the next epoch."""
         row = {f"prune/{k}": record[k] for k in ("round", "density", "kept") if _is_number(record.get(k))}
         for name, value in (record.get("layer_densities") or {}).items():
             row[f"layer_density/{name}"] = value
-        self._run.log(row, step=step, commit=False)
+        self._pending_prune.update(row)
+
+    def _log_start(self, record: dict[str, Any]) -> None:
+        self._pending_start = None
+        self._run.summary.update({k: record[k] for k in ("data", "prunable_weights") if record.get(k) is not None})
 
     def _log_end(self, record: dict[str, Any]) -> None:
-        import json
-
-        summary_path = Path(record.get("summary") or self.output_dir / "summary.json")
+        summary_path = self._summary_path(record)
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
         final = {k: v for k, v in (summary.get("final") or {}).items() if _is_number(v) or v is None}
         values: dict[str, Any] = {k: final[k] for k in _HEADLINE if k in final}
@@ -236,37 +335,83 @@ class WandbSink:
                 title="Test accuracy (best validation epoch) vs density",
             )
             table = wandb.Table(columns=columns, data=rows)
-            self._run.log(
-                {"accuracy_vs_density/table": table, "accuracy_vs_density/plot": chart}, step=self._step, commit=True
-            )
-            self._step += 1
+            self._run.log({"accuracy_vs_density/table": table, "accuracy_vs_density/plot": chart})
+        digest = self._end_files_digest(summary_path)
+        if self._log_artifacts(summary_path):
+            self._end_digest = digest
 
-    # ------------------------------------------------------------------------------------ resume
-    def _replay(self, records: list[dict[str, Any]], known: int) -> None:
-        """Re-log the epoch (and prune) records of earlier attempts that W&B does not have: steps >= ``known``."""
-        index = 0
-        for record in records:
-            event = record.get("event")
-            if event == "epoch":
-                if index >= known:
-                    self._log_epoch(record, index)
-                index += 1
-            elif event == "prune" and index >= known:
-                self._log_prune(record, index)
-        self._step = max(self._step, known)
+    def _log_artifacts(self, summary_path: Path) -> bool:
+        """``masks-<id>`` (every ``masks/*.pt``) and ``summary-<id>`` (``summary.json``, ``config.yaml``); a
+        failure is a warning. True when both were handed to W&B."""
+        try:
+            import wandb
 
-    def _announce(self, run: Any, mode: str, resumed: bool) -> None:
-        console = getattr(run, "console", None)
-        if console is None:
-            return
-        verb = "resumed" if resumed else "started"
-        if mode == "online":
-            console.print(f"wandb: {verb} {self._run.url or self._run.id}")
-        else:
-            console.print(
-                f"wandb: {verb} offline run {self._run.id} in {self.output_dir / 'wandb'} "
-                f"(upload: wandb sync {self.output_dir / 'wandb'}/offline-run-*)"
+            run_id = self._run.id
+            masks = sorted((self.output_dir / "masks").glob("*.pt"))
+            if masks:
+                artifact = wandb.Artifact(f"masks-{run_id}", type="masks", metadata={"masks": len(masks)})
+                for path in masks:
+                    artifact.add_file(str(path), name=path.name)
+                self._run.log_artifact(artifact)
+            files = [p for p in (summary_path, self.output_dir / "config.yaml") if p.is_file()]
+            if files:
+                artifact = wandb.Artifact(f"summary-{run_id}", type="summary")
+                for path in files:
+                    artifact.add_file(str(path), name=path.name)
+                self._run.log_artifact(artifact)
+            return True
+        except Exception as err:
+            _warn(
+                f"W&B artifacts (masks, summary) were not logged ({_one_line(err)}); the files are in {self.output_dir}"
             )
+            self._incomplete = True
+            return False
+
+    # ------------------------------------------------------------------------------------ helpers
+    def _summary_path(self, record: dict[str, Any]) -> Path:
+        return Path(record.get("summary") or self.output_dir / "summary.json")
+
+    def _end_files_digest(self, summary_path: Path) -> str:
+        """A digest of what the end of the run uploads (summary.json, config.yaml, the masks)."""
+        digest = hashlib.sha256()
+        for path in [summary_path, self.output_dir / "config.yaml", *sorted((self.output_dir / "masks").glob("*.pt"))]:
+            if path.is_file():
+                digest.update(f"{path.name}\0{path.stat().st_size}\0".encode())
+                with open(path, "rb") as handle:
+                    for block in iter(lambda: handle.read(1 << 20), b""):
+                        digest.update(block)
+        return digest.hexdigest()
+
+    def _end_changed(self, record: dict[str, Any]) -> bool:
+        return self._end_files_digest(self._summary_path(record)) != self._state.get("end")
+
+    def _started_line(self) -> str:
+        verb = "resumed" if self._resumed else "started"
+        if self._mode == "online":
+            return f"wandb: {verb} {self._run.url or self._run.id}"
+        return (
+            f"wandb: {verb} offline run {self._run.id} in {self.output_dir / 'wandb'} "
+            f"(upload: wandb sync {self.output_dir / 'wandb'}/offline-run-*)"
+        )
+
+    def _print(self, line: str) -> None:
+        if self._console is not None:
+            self._console.print(line)
+
+    def _warn_once(self, message: str) -> None:
+        self._incomplete = True
+        if not self._warned:
+            self._warned = True
+            _warn(message)
+
+
+def _read_state(output_dir: Path, run_id: str) -> dict[str, Any]:
+    """``wandb_state.json`` when it belongs to ``run_id`` (an unreadable file is no state: replay more)."""
+    try:
+        state = json.loads((output_dir / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) and state.get("run_id") == run_id else {}
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -299,10 +444,10 @@ def accuracy_table(summary: dict[str, Any]) -> tuple[list[str], list[list[Any]],
     rows, long_rows = [], []
     for entry in rounds:
         ticket = entry.get("ticket", {})
-        row = [entry["round"], entry["density"], ticket.get("best_val_test_acc"), ticket.get("final_test_acc")]
-        long_rows.append([entry["density"], ticket.get("best_val_test_acc"), "ticket"])
+        row = [entry["round"], entry["density"], ticket.get("test_acc"), ticket.get("final_test_acc")]
+        long_rows.append([entry["density"], ticket.get("test_acc"), "ticket"])
         for name in controls:
-            value = entry.get("controls", {}).get(name, {}).get("best_val_test_acc")
+            value = entry.get("controls", {}).get(name, {}).get("test_acc")
             row.append(value)
             if value is not None:
                 long_rows.append([entry["density"], value, name])

@@ -1,5 +1,5 @@
-"""Reading W&B run files (``run-<id>.wandb``) without a server: the resume logic uses it to find how much history an
-earlier attempt kept, and the tests use it to compare a run's history with ``metrics.jsonl``.
+"""Tests only: reading W&B run files (``run-<id>.wandb``) without a server, to compare what ``lth-run`` left in W&B
+with ``metrics.jsonl``. The sink itself never reads W&B's files (their format is W&B's private business).
 
 The file is a LevelDB-style log (W&B's transaction log: a 7-byte header, then 32 KiB blocks of checksummed chunks)
 of ``wandb.proto.wandb_internal_pb2.Record`` messages. wandb 0.31 ships no Python reader for it (the old
