@@ -143,7 +143,7 @@ def test_help_is_the_tools_own_page():
     assert "schema" not in page.split("examples:")[0] and " base " not in page  # internal nodes hidden
     assert "trainer.epochs=10" in page and "epochs per training stage" in page  # a key, its value, its description
     assert "method.patience=2" in page and "stage 1 stops when val loss has not improved" in page
-    assert "method.last_event=before_end" in page
+    assert "method.last_event=at_end" in page and "method.finetune_epochs=null" in page
     assert "lth-run -m method=lth,unilth sparsity=50,70,90 seed=0,1,2" in page
 
 

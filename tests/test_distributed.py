@@ -166,7 +166,10 @@ def test_the_preemption_signal_saves_the_exact_step_and_the_rerun_finishes_ident
         env={"LTH_SIGNAL_AT": "round01/ticket:17:SIGUSR2"},
     )
     assert warned.returncode == 128 + signal.SIGUSR2, warned.stderr[-2000:]
-    assert "preempted: saved a checkpoint at step 17 of round01/ticket" in warned.stdout
+    assert warned.stderr.strip().splitlines()[-1] == (
+        "lth-run: preempted (SIGUSR2): saved a checkpoint at step 17 of round01/ticket; run the same command again "
+        "to resume"
+    )
     checkpoint = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=False)
     assert checkpoint["key"] == "round01/ticket" and checkpoint["step"] == 17
     assert checkpoint["partial_totals"] is not None  # the epoch's running sums travel with it

@@ -9,6 +9,7 @@ from lth_runner.config.compose import compose_config
 from lth_runner.config.validate import build_run_config
 from lth_runner.session import run_experiment
 from lth_runner.sparse import Mask
+from lth_runner.utils.io import read_jsonl
 
 SMALL_IMAGES = [
     "model=conv2",
@@ -55,3 +56,23 @@ def test_adam_with_label_smoothing_warmup_and_clipping(tmp_path):
 def test_torch_compile(tmp_path):
     summary = run(tmp_path, "trainer.compile=true")
     assert summary["status"] == "complete"
+
+
+def test_every_method_reports_a_test_accuracy_without_a_validation_split(tmp_path):
+    """One rule: the test accuracy at the best validation epoch, or the last epoch's without a validation split
+    (the bug this guards against left LTH's final.test_acc null with dataset.val_size=0, and the report dropped it)."""
+    summary = run(tmp_path, "method=lth", "dataset.val_size=0")
+    final = summary["final"]
+    assert final["selection"] == "last_epoch" and final["test_acc"] == final["final_test_acc"] is not None
+    assert all(r["ticket"]["test_acc"] is not None for r in summary["rounds"])
+
+
+def test_without_per_epoch_test_evaluation_the_stage_tests_its_last_and_best_weights_once(tmp_path):
+    summary = run(tmp_path, "method=lth", "trainer.eval_test=false", "trainer.epochs=4")
+    records = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if r["event"] == "epoch"]
+    assert all(r["test_acc"] is None for r in records)  # no test accuracy during training
+    for stage in summary["stages"].values():
+        assert stage["test_acc"] is not None and stage["final_test_acc"] is not None
+        assert stage["selection"] == "best_val"
+    final = summary["final"]
+    assert final["test_acc"] == final["best_val_test_acc"]

@@ -211,3 +211,31 @@ def test_unilth_killed_in_stage_two_resumes_to_the_same_summary(tmp_path, data_r
         assert Mask.load(tmp_path / f"run/masks/round_{g:02d}.pt") == Mask.load(
             tmp_path / f"reference/masks/round_{g:02d}.pt"
         )
+
+
+def test_reset_rounds_split_stage_two_exactly_and_the_penalty_never_jumps(tmp_path, data_root):
+    """E = 13 epochs over psi = 5 rounds: 3, 2, 3, 2, 3 epochs (the rounds end after round(gamma * 13 / 5) epochs),
+    and the penalty of every epoch is the law at the epochs of stage 2 trained so far, across rounds (the bug this
+    guards against trained round(E/psi) = 3 epochs per round, 15 in all, while the penalty advanced by 2.6)."""
+    from lth_runner.methods.unilth import round_boundaries
+
+    assert round_boundaries(13, 5) == [0, 3, 5, 8, 10, 13]
+    summary = run_experiment(
+        config(
+            data_root,
+            "method=unilth",
+            "method.reset_after_prune=true",
+            "method.stage2_epochs=13",
+            "sparsity.rounds=5",
+            "method.finetune_epochs=0",
+        ),
+        tmp_path,
+    )
+    epochs = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if r["event"] == "epoch" and r["phase"] == "ticket"]
+    per_round = [sum(r["round"] == g for r in epochs) for g in range(1, 6)]
+    assert (
+        per_round == [3, 2, 3, 2, 3] and summary.cost.epochs_total == summary.cost.epochs_per_stage["stage1/dense"] + 13
+    )
+    assert [r["penalty"] for r in epochs] == pytest.approx(
+        [penalty_coefficient("linear", phi, 13, 1e-3) for phi in range(1, 14)]
+    )

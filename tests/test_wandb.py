@@ -468,10 +468,11 @@ def test_a_preempted_run_is_marked_preempting_before_it_leaves(tmp_path, wandb_h
 def test_a_failing_run_finishes_its_wandb_run_with_a_failure_exit_code(tmp_path, data_root, wandb_home):
     from lth_runner.session import run_experiment
 
-    # the missing dataset is found by the method, after the W&B run started
-    overrides = ["debug=fast", "model=mlp", "dataset=imagefolder", f"dataset.root={tmp_path}/nowhere"]
+    # the missing weights are found by the method, after the W&B run started (a missing dataset fails earlier, before
+    # any file or W&B run exists)
+    overrides = [*FAST, "method=l1", f"method.pretrained={tmp_path}/missing.pt", f"paths.data_root={data_root}"]
     cfg = build_run_config(compose_config([*overrides, "logger.console=none", "logger.wandb.mode=offline"]))
-    with pytest.raises(UserError, match="dataset imagefolder not found"):
+    with pytest.raises(UserError, match="method.pretrained"):
         run_experiment(cfg, tmp_path / "run")
     run_dir = tmp_path / "run"
     (path,) = finished_files(run_dir)
@@ -581,7 +582,7 @@ def test_disabled_wandb_writes_nothing(tmp_path, data_root, monkeypatch, mode, w
                                            f"paths.data_root={data_root}", "sparsity.rounds=1",
                                            f"logger.wandb.mode={mode}"]))  # fmt: skip
     summary = run_experiment(cfg, tmp_path)
-    assert summary["status"] == "complete"
+    assert summary.status == "complete"
     assert not (tmp_path / "wandb").exists() and not (tmp_path / RUN_ID_FILE).exists()
     # the sink itself, asked directly: starts nothing, writes nothing, ignores events
     sink = sink_for(tmp_path / "direct", f"logger.wandb.mode={mode}")
