@@ -125,12 +125,17 @@ def test_unilth_removes_the_smallest_survivors_at_every_event(tmp_path, data_roo
 
 
 def _removed_is_random(removed: Mask, init: dict[str, torch.Tensor]):
-    """A random set's |w| at initialisation looks like everyone else's (a magnitude choice would not): the mean
-    |w_init| of the removed weights is within 10% of the kept ones' (measured: within 3% over seeds 0-2)."""
+    """A uniformly random set of 80% of each layer shares 80% of its weights with the 80% smallest |w_init| of the
+    layer (a set chosen by magnitude would share about all of them). Measured over seeds 0-4: 0.793-0.808 for DLTH's
+    and UniDLTH's sets; choosing UniDLTH's set by magnitude at the rewind point instead gives 0.940."""
+    hits = total = 0
     for name in LAYERS:
-        magnitude = init[name].abs()
-        ratio = magnitude[removed[name]].mean() / magnitude[~removed[name]].mean()
-        assert 0.9 < float(ratio) < 1.1, f"{name}: removed/kept mean |w_init| = {float(ratio):.3f}"
+        count = int(removed[name].sum())
+        smallest = torch.zeros(init[name].numel(), dtype=torch.bool)
+        smallest[init[name].abs().reshape(-1).argsort()[:count]] = True
+        hits += int((removed[name].reshape(-1) & smallest).sum())
+        total += count
+    assert 0.77 < hits / total < 0.83, f"the removed set shares {hits / total:.3f} with the smallest |w_init|"
 
 
 def test_unidlth_prunes_only_inside_its_random_set_smallest_first(tmp_path, data_root, event_snapshots):
