@@ -11,6 +11,7 @@ descriptions (from the schema's ``help`` metadata), the keys of the chosen metho
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import typing
@@ -121,7 +122,7 @@ def preflight(overrides: Sequence[str], *, multirun: bool) -> int:
     choices: list[list[tuple[Any, str]]] = []  # per override, its (override, value string) alternatives
     for override in parsed:
         values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [None]
-        if override.key_or_group in groups:
+        if override.key_or_group in groups and override.type.name != "DEL":
             for value in values:
                 _check_group_choice(override.key_or_group, override.value() if value is None else value)
         elif "." not in override.key_or_group and override.type.name == "CHANGE":
@@ -140,7 +141,7 @@ def preflight(overrides: Sequence[str], *, multirun: bool) -> int:
                 if override.key_or_group not in groups and override.type.name == "CHANGE":
                     _check_key_exists(base, override.key_or_group, override.value() if value is None else value)
             bases[group_part] = base
-        cfg = bases[group_part].copy()
+        cfg = copy.deepcopy(bases[group_part])  # a shallow copy would share the nested groups between jobs
         for override, value in combination:
             if override.key_or_group in groups or override.type.name == "DEL":
                 continue

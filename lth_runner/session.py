@@ -31,7 +31,7 @@ import dataclasses
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ from lth_runner.models import build_model
 from lth_runner.sparse.enforce import MaskEnforcer
 from lth_runner.sparse.mask import Mask
 from lth_runner.sparse.prunable import from_sparsity_config, unwrap
-from lth_runner.summary import RoundSummary, Summary, build_summary
+from lth_runner.summary import Summary, build_summary
 from lth_runner.tracking import ConsoleReporter, Tracker
 from lth_runner.tracking.tracker import JsonlSink
 from lth_runner.training.trainer import Stage, StageResult, Trainer, hooks_with
@@ -332,34 +332,10 @@ class RunContext:
             "prunable_weights": total,
         }
 
-    def write_summary(
-        self,
-        total: int,
-        *,
-        results: Iterable[StageResult],
-        final: StageResult | None,
-        kept: int,
-        round_index: int,
-        rounds: Iterable[RoundSummary] = (),
-        controls: Mapping[str, StageResult] | None = None,
-        details: Mapping[str, Any] | None = None,
-        complete: bool,
-        ticket_found_epoch: int | None = None,
-    ) -> Summary:
-        """Build the run's :class:`~lth_runner.summary.Summary` (see :func:`lth_runner.summary.build_summary`) and
-        write it to ``summary.json``; returns it."""
-        summary = build_summary(
-            self.header(total),
-            results=results,
-            final=final,
-            kept=kept,
-            round_index=round_index,
-            rounds=rounds,
-            controls=controls,
-            details=details,
-            complete=complete,
-            ticket_found_epoch=ticket_found_epoch,
-        )
+    def write_summary(self, total: int, **fields: Any) -> Summary:
+        """Build the run's :class:`~lth_runner.summary.Summary` from this run's header and ``fields`` (the keyword
+        arguments of :func:`lth_runner.summary.build_summary`), write it to ``summary.json`` and return it."""
+        summary = build_summary(self.header(total), **fields)
         if distributed.is_main():
             write_json_atomic(self.output_dir / "summary.json", summary.to_dict())
         return summary

@@ -13,6 +13,11 @@
 # stay under 64 MiB, so this prints both sizes and fails above the limit. Idempotent: files already there are kept,
 # wheels of other versions removed (two versions of one package stop the install there). Needs pip access to PyPI.
 set -euo pipefail
+case ${1:-} in
+  "") ;;
+  -h | --help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  *) echo "gpu-bundle: unknown argument $1 (it takes none; see --help)" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}

@@ -12,6 +12,10 @@
 #   TESTS   pytest node ids to repeat (default: the two DDP tests)
 #   LOGDIR  where every run's output is kept (default: a fresh temporary directory)
 set -u -o pipefail
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+    exit 0
+fi
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO" || exit 1

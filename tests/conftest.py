@@ -13,6 +13,21 @@ REPO = Path(__file__).resolve().parent.parent
 # Tests never start Weights & Biases unless a test asks for it (inherited by every subprocess).
 os.environ["WANDB_MODE"] = "disabled"
 REAL_MNIST = REPO / "tests" / "data" / "mnist"
+# A small LTH-Iter run in a subprocess, long enough to interrupt: 12 optimizer steps per epoch, 3 epochs per stage,
+# 3 stages (the dense network and two rounds).
+SMALL_LTH_RUN = [
+    "model=mlp",
+    "dataset=mnist1d",
+    "method=lth_iter",
+    "dataset.num_samples=2000",
+    "model.hidden=[64,64]",
+    "trainer.epochs=3",
+    "sparsity=80",
+    "sparsity.rounds=2",
+    "optim.lr=0.05",
+    "trainer.num_threads=1",
+    "logger.plots=false",
+]
 
 
 @pytest.fixture(scope="session")

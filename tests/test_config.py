@@ -160,3 +160,23 @@ def test_cfg_job_works_from_any_directory_without_importing_torch(tmp_path):
 
 def test_conf_directory_is_found_in_the_checkout():
     assert config_dir() == REPO / "conf"
+
+
+def test_one_list_of_result_neutral_keys_serves_resume_report_and_sweep_folder_names():
+    from hydra import compose, initialize_config_dir
+
+    from lth_runner.config.compose import neutral_override_keys
+    from lth_runner.config.schema import RESULT_NEUTRAL_KEYS
+    from lth_runner.report.collect import NEUTRAL_KEYS
+    from lth_runner.session import resume_fingerprint
+
+    keys = neutral_override_keys()
+    assert {"logger", "logger.wandb.mode", "dataset.root", "trainer.device", "paths.data_root"} <= set(keys)
+    assert not {"trainer.epochs", "sparsity.target", "dataset.val_size", "seed"} & set(keys)
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        hydra_cfg = compose(config_name="config", return_hydra_config=True)
+        assert list(hydra_cfg.hydra.job.config.override_dirname.exclude_keys) == keys  # sweep folder names
+    fingerprint = resume_fingerprint(build("dataset.root=/elsewhere", "trainer.device=cpu"))  # resume
+    assert not any(k.startswith(("logger", "paths", "dataset.root", "trainer.device")) for k in fingerprint)
+    assert "trainer.epochs" in fingerprint and "dataset.val_size" in fingerprint
+    assert set(RESULT_NEUTRAL_KEYS) <= set(NEUTRAL_KEYS)  # the report's: the same list plus the table's indices

@@ -20,22 +20,9 @@ from lth_runner.session import check_distributed
 from lth_runner.sparse import Mask
 from lth_runner.train import edge_overrides
 from lth_runner.utils.io import read_jsonl
-from tests.conftest import REPO, run_cli, without_timings
+from tests.conftest import REPO, SMALL_LTH_RUN, run_cli, without_timings
 
-COMMON = [
-    "model=mlp",
-    "dataset=mnist1d",
-    "method=lth_iter",
-    "dataset.num_samples=2000",
-    "model.hidden=[64,64]",
-    "trainer.epochs=3",
-    "sparsity=80",
-    "sparsity.rounds=2",
-    "optim.lr=0.05",
-    "trainer.num_threads=1",
-    "logger.console=plain",
-    "logger.plots=false",
-]
+COMMON = [*SMALL_LTH_RUN, "logger.console=plain"]
 
 
 def torchrun(*args, data_root, timeout=300):

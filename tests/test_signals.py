@@ -11,22 +11,9 @@ import pytest
 import torch
 
 from lth_runner.utils.io import save_torch_atomic
-from tests.conftest import run_cli, without_timings
+from tests.conftest import SMALL_LTH_RUN, run_cli, without_timings
 
-COMMON = [
-    "model=mlp",
-    "dataset=mnist1d",
-    "method=lth_iter",
-    "dataset.num_samples=2000",
-    "model.hidden=[64,64]",
-    "trainer.epochs=3",
-    "sparsity=80",
-    "sparsity.rounds=2",
-    "optim.lr=0.05",
-    "trainer.num_threads=1",
-    "logger.console=plain",
-    "logger.plots=false",
-]
+COMMON = [*SMALL_LTH_RUN, "logger.console=plain"]
 
 
 @pytest.fixture(scope="module")

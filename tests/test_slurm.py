@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, without_timings
+from tests.conftest import REPO, SMALL_LTH_RUN, without_timings
 
 
 def _cluster_problem() -> str | None:
@@ -177,20 +177,7 @@ def test_a_cancelled_job_fails_the_sweep_instead_of_hanging(tmp_path, data_root)
     assert accounting_states([job]) == {job: "CANCELLED"}
 
 
-# A run long enough to interrupt: 12 optimizer steps per epoch, 3 epochs per stage, 3 stages.
-DDP_RUN = [
-    "model=mlp",
-    "dataset=mnist1d",
-    "method=lth_iter",
-    "dataset.num_samples=2000",
-    "model.hidden=[64,64]",
-    "trainer.epochs=3",
-    "sparsity=80",
-    "sparsity.rounds=2",
-    "optim.lr=0.05",
-    "trainer.num_threads=1",
-    "logger.plots=false",
-]
+DDP_RUN = SMALL_LTH_RUN
 
 
 def _local_reference(tmp_path: Path, data_root: Path, *overrides: str) -> Path:
