@@ -85,7 +85,8 @@ FULL = Plan(
     lth_val_size=5000,
     lth_timeout_s=300,
 )
-TINY = Plan(
+TINY = dataclasses.replace(  # the same path on a CPU in seconds, so CI keeps the script working
+    FULL,
     mode="tiny",
     width=4,
     batch=32,
@@ -93,7 +94,6 @@ TINY = Plan(
     blocks=4,
     block_steps=2,
     warmup_steps=1,
-    mask_density=0.1,
     train_subset=128,
     lth_epochs=1,
     lth_train_subset=128,
