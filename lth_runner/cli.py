@@ -28,6 +28,7 @@ _FLAGS_WITH_VALUE |= {"--config-dir", "-cd", "--experimental-rerun", "--shell-co
 _PRINTING_FLAGS = {"--cfg", "-c", "--info", "-i", "--hydra-help", "--version", "--shell-completion", "-sc"}
 _CUSTOM_CONFIG_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun"}
 _HIDDEN_OPTIONS = {"base"}  # files other options of a group build on, not choices
+_MODE_FLAGS = (("-m", "--multirun"), ("--cfg", "-c"), ("--info", "-i"), ("--run", "-r"), ("--shell-completion", "-sc"))
 _INFO_VALUES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
 
 
@@ -45,6 +46,13 @@ class Command:
     @property
     def wants_help(self) -> bool:
         return any(f in ("-h", "--help") for f in self.flags)
+
+    def check_modes(self) -> None:
+        """Hydra runs one mode per command; two (e.g. ``-m`` with ``--cfg``) is one line here, not a traceback."""
+        modes = [m for m in _MODE_FLAGS if any(f in m for f in self.flags)]
+        if len(modes) > 1:
+            shown = " and ".join(m[0] for m in modes)
+            raise UserError(f"{shown} cannot be combined: choose one of {', '.join(m[0] for m in _MODE_FLAGS)}")
 
     @property
     def runs(self) -> bool:
@@ -121,7 +129,7 @@ def preflight(overrides: Sequence[str], *, multirun: bool) -> int:
 
     choices: list[list[tuple[Any, str]]] = []  # per override, its (override, value string) alternatives
     for override in parsed:
-        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [None]
+        values = _sweep_values(override, groups) if override.is_sweep_override() else [None]
         if override.key_or_group in groups and override.type.name != "DEL":
             for value in values:
                 _check_group_choice(override.key_or_group, override.value() if value is None else value)
@@ -163,6 +171,31 @@ def _line(override: Any, value: str | None) -> str:
     if value is None:
         return override.input_line
     return f"{override.get_key_element()}={value}"
+
+
+def _sweep_values(override: Any, groups: set[str]) -> list[str]:
+    """The value strings a sweep override lists: choice and range as Hydra enumerates them, ``glob(...)`` over a
+    group's options; a sweep the basic sweeper cannot enumerate (``interval``) is one line, not a traceback."""
+    from hydra.errors import HydraException
+
+    if override.is_interval_sweep():
+        raise UserError(
+            f"{override.input_line}: interval(...) is sampled by optimizing sweepers (e.g. Optuna), not listed; "
+            f"use choice(...), range(...) or a,b,c"
+        )
+    if override.value_type.name == "GLOB_CHOICE_SWEEP":
+        if override.key_or_group not in groups:
+            raise UserError(f"{override.input_line}: glob(...) chooses among a config group's options")
+        values = override.value().filter(group_options(override.key_or_group))
+        if not values:
+            raise UserError(
+                f"{override.input_line} matches none of: {', '.join(_visible(group_options(override.key_or_group)))}"
+            )
+        return values
+    try:
+        return list(override.sweep_string_iterator())
+    except HydraException as err:
+        raise UserError(f"{override.input_line}: {_one_line(err)}") from None
 
 
 def _check_group_choice(group: str, value: Any) -> None:

@@ -89,7 +89,8 @@ def hand_over(is_main: bool, saved: str) -> None:
     raise Interrupted(signum, f"{describe(signum)} ({name}): {saved}; run the same command again to resume")
 
 
-def stop_if_requested(where: str) -> None:
-    """Between stages: a recorded signal ends the run here (everything finished so far is saved)."""
-    if requested():
-        hand_over(True, f"stopped {where}, all finished stages saved")
+def stop_if_requested(where: str, *, anywhere: bool | None = None, is_main: bool = True) -> None:
+    """Between stages: a recorded signal ends the run here (everything finished so far is saved). Several processes
+    pass ``anywhere`` (whether any rank recorded one) so that all of them stop at the same stage boundary."""
+    if requested() if anywhere is None else anywhere:
+        hand_over(is_main, f"stopped {where}, all finished stages saved")

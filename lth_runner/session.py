@@ -73,7 +73,7 @@ class RunContext:
         self.state_path = self.output_dir / "state.json"
         self.state: dict[str, Any] = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
         self.state.setdefault("completed", {})
-        self.resumed = bool(self.state["completed"]) or self.checkpoint_path.exists()
+        self.resumed = holds_results(self.output_dir)  # a saved mask alone is a result a re-run would reuse
         self.console = console or ConsoleReporter(cfg.logger.console)
         self.tracker = Tracker([JsonlSink(self.output_dir / "metrics.jsonl"), self.console])
         self._ddp: dict[int, nn.Module] = {}
@@ -184,7 +184,11 @@ class RunContext:
             if weights.exists():
                 unwrap(model).load_state_dict(torch.load(weights, map_location=self.device, weights_only=True))
             return done
-        preemption.stop_if_requested(f"before {stage.key}")
+        preemption.stop_if_requested(
+            f"before {stage.key}",
+            anywhere=distributed.any_rank(preemption.requested()),
+            is_main=distributed.is_main(),
+        )
         trainer = Trainer(
             model,
             self.data,

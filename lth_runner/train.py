@@ -94,6 +94,7 @@ def main() -> None:
         return
     args = [a if a != "--hydra-help" else "--help" for a in args]
     try:
+        command.check_modes()
         args += edge_overrides(args, dict(os.environ))
         if command.runs:
             cli.preflight(command.overrides, multirun=command.multirun)

@@ -97,6 +97,12 @@ def test_bad_values_fail_with_one_line_naming_key_value_and_accepted(override, e
         (["-m", "seed=0,1", "method=lth,unilth", "method.patience=3"], "method.patience=3 is not accepted"),
         (["-m", "sparsity.target=0.5,1.5"], "sparsity.target=1.5 is not accepted"),
         (["method=lth,unilth"], "method=lth,unilth lists several values: add -m to sweep over them"),
+        (["-m", "optim.lr=interval(0.1,0.2)"], "optim.lr=interval(0.1,0.2): interval(...) is sampled by"),
+        (["-m", "method=glob(zz*)"], "method=glob(zz*) matches none of: dlth, dlth_iter"),
+        (["-m", "seed=0,1", "--cfg", "job"], "-m and --cfg cannot be combined"),
+        (["method=unilth", "sparsity.target=0"], "sparsity.target=0 is not accepted: expected > 0: method=unilth"),
+        (["method=unilth", "method.rewind=0"], "method.stage2_epochs=None is not accepted: expected an explicit"),
+        (["method.prune_from=best_val", "dataset.val_size=0"], "method.prune_from='best_val' is not accepted"),
     ],
 )
 def test_cli_reports_bad_input_in_one_line_and_leaves_nothing_behind(tmp_path, overrides, expected):
@@ -122,6 +128,7 @@ def test_the_command_is_checked_without_importing_torch_timm_or_wandb():
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["1", "18", "[]"]  # every job of the sweep was checked
     assert cli.split_command(["-m", "--cfg", "job", "seed=1"]).overrides == ["seed=1"]
+    assert cli.preflight(["method=glob(lth*)", "seed=0,1"], multirun=True) == 4  # lth, lth_iter x 2 seeds
 
 
 def test_a_run_that_fails_on_its_data_leaves_no_folder(tmp_path):

@@ -241,3 +241,22 @@ def test_a_run_killed_mid_transform_resumes_to_the_same_summary(tmp_path, data_r
     starts = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["event"] == "stage_start" and r["key"] == key]
     assert [r["resumed"] for r in starts] == [False, True] and starts[1]["start_epoch"] == 1
     assert math.isclose(resumed["final"]["density"], resumed["rounds"][-1]["density"])
+
+
+def test_a_directory_holding_only_a_saved_mask_refuses_a_different_configuration(tmp_path, data_root, monkeypatch):
+    """DLTH saves its random set U before its first checkpoint; a re-run with another sparsity must not reuse it."""
+    from lth_runner.errors import UserError
+
+    class Stopped(Exception):
+        pass
+
+    def stop(self, stage, *args, **kwargs):
+        raise Stopped
+
+    monkeypatch.setattr(RunContext, "train", stop)
+    with pytest.raises(Stopped):
+        run_experiment(config(data_root, "method=dlth", "sparsity=90", "trainer.epochs=4"), tmp_path)
+    assert (tmp_path / "masks" / "dlth_unimportant.pt").exists() and not (tmp_path / "checkpoints").exists()
+    monkeypatch.undo()
+    with pytest.raises(UserError, match="different configuration"):
+        run_experiment(config(data_root, "method=dlth", "sparsity=50", "trainer.epochs=4"), tmp_path)

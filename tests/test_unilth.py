@@ -213,6 +213,34 @@ def test_unilth_killed_in_stage_two_resumes_to_the_same_summary(tmp_path, data_r
         )
 
 
+@pytest.mark.parametrize("method", ["unilth", "unidlth"])
+def test_a_reset_run_stopped_before_its_fine_tune_resumes_from_the_last_rounds_weights(
+    tmp_path, data_root, monkeypatch, method
+):
+    """The fine-tune after the last reset round continues from that round's trained weights; a run stopped at the
+    boundary (a signal between stages) must find them on disk, not fine-tune from the rewind point."""
+    overrides = ["method.reset_after_prune=true", "method.stage2_epochs=8", "method.finetune_epochs=2"]
+    reference = run_experiment(config(data_root, f"method={method}", *overrides), tmp_path / "reference")
+
+    class Stopped(Exception):
+        pass
+
+    train = RunContext.train
+
+    def stop_before_fine_tune(self, stage, *args, **kwargs):
+        if stage.key == "stage3/finetune":
+            raise Stopped
+        return train(self, stage, *args, **kwargs)
+
+    monkeypatch.setattr(RunContext, "train", stop_before_fine_tune)
+    with pytest.raises(Stopped):
+        run_experiment(config(data_root, f"method={method}", *overrides), tmp_path / "run")
+    monkeypatch.setattr(RunContext, "train", train)
+    resumed = run_experiment(config(data_root, f"method={method}", *overrides), tmp_path / "run")
+    assert without_timings(resumed.to_dict()) == without_timings(reference.to_dict())
+    assert not list((tmp_path / "run" / "checkpoints").glob("round04_ticket.final.pt"))  # released after use
+
+
 def test_reset_rounds_split_stage_two_exactly_and_the_penalty_never_jumps(tmp_path, data_root):
     """E = 13 epochs over psi = 5 rounds: 3, 2, 3, 2, 3 epochs (the rounds end after round(gamma * 13 / 5) epochs),
     and the penalty of every epoch is the law at the epochs of stage 2 trained so far, across rounds (the bug this

@@ -169,6 +169,16 @@ class LTHConfig(MethodConfig):
                 self.rewind_to,
                 f"fewer than the {run.trainer.epochs} epochs of training (trainer.epochs={run.trainer.epochs})",
             )
+        if self.prune_from == "best_val" and run.dataset.val_size == 0:
+            raise ConfigError(
+                "method.prune_from", self.prune_from, "final when dataset.val_size=0 (no validation split)"
+            )
+
+
+def _check_prunes(run: RunConfig) -> None:
+    """Methods whose algorithm is a pruning schedule need something to prune."""
+    if run.sparsity.target == 0:
+        raise ConfigError("sparsity.target", 0, f"> 0: method={run.method.name} prunes by design")
 
 
 @dataclass
@@ -200,6 +210,24 @@ class UniLTHConfig(MethodConfig):
     )
     criterion: str = option("magnitude", registry="criteria", help="pruning criterion")
 
+    def check(self, run: RunConfig) -> None:
+        _check_prunes(run)
+        if run.dataset.val_size == 0:
+            raise ConfigError("dataset.val_size", 0, f"> 0: {self.name} stops stage 1 on validation loss")
+        cap = self.stage1_max_epochs or run.trainer.epochs
+        if self.stage2_epochs is None and cap - self.rewind >= run.trainer.epochs:
+            raise ConfigError(
+                "method.stage2_epochs",
+                None,
+                f"an explicit number of epochs: a stage 1 that runs to its cap of {cap} epochs and rewinds "
+                f"method.rewind={self.rewind} leaves none of trainer.epochs={run.trainer.epochs} for stage 2",
+            )
+        rounds = run.sparsity.rounds if run.sparsity.schedule == "geometric" else None
+        if self.reset_after_prune and self.stage2_epochs is not None and rounds and rounds > self.stage2_epochs:
+            raise ConfigError(
+                "sparsity.rounds", rounds, f"at most {self.stage2_epochs} (the epochs of stage 2: one per round)"
+            )
+
     def resolved_finetune_epochs(self, trainer_epochs: int) -> int:
         """``finetune_epochs``, with null read as DLTH's default share: half of the epochs (half up, >= 1)."""
         if self.finetune_epochs is not None:
@@ -224,6 +252,7 @@ class DLTHConfig(MethodConfig):
     finetune_between_cycles: bool = option(True, help="dlth_iter: fine-tune after every cycle (else once at the end)")
 
     def check(self, run: RunConfig) -> None:
+        _check_prunes(run)
         custom = [k for k in ("transform_lr", "transform_batch_size", "transform_schedule") if getattr(self, k)]
         if not self.finetune_restart and custom:
             raise ConfigError(

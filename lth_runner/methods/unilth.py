@@ -195,6 +195,8 @@ def unified(run: RunContext, *, dual: bool) -> Summary:
             enforcer,
         )
         results.append(last)
+        if method.reset_after_prune:
+            run.release_weights(f"round{final_round:02d}/ticket")
     controls = {}
     if method.controls:
         start = ControlStart(init_state, 0)
@@ -410,6 +412,8 @@ def _train_with_resets(s: _Stage2) -> tuple[StageResult, list[StageResult]]:
     """Sec. 3.3: every round prunes the previous round's weights, resets the survivors to the rewind point and
     trains its share of the E epochs; the penalty continues from where the previous round ended."""
     bounds = round_boundaries(s.epochs, s.rounds)
+    # a fine-tune at the final mask continues from the last round's weights, which a resume must find on disk
+    finetune_follows = s.run.cfg.method.resolved_finetune_epochs(s.run.cfg.trainer.epochs) > 0
     s.plan.events = [PruneEvent(g, s.start_step, s.plan.kept[g - 1]) for g in range(1, s.rounds + 1)]
     results, previous_key, alive = [], "stage1/dense", Mask.ones_like(s.params)
     for event in s.plan.events:
@@ -422,6 +426,6 @@ def _train_with_resets(s: _Stage2) -> tuple[StageResult, list[StageResult]]:
         length = bounds[event.index] - bounds[event.index - 1]
         stage = s.stage(key, event.index, "ticket", length, density=mask.density())
         hooks = [s.penalty(offset_epochs=bounds[event.index - 1])]
-        results.append(s.train(stage, hooks, keep_weights=event.index < s.rounds))
+        results.append(s.train(stage, hooks, keep_weights=event.index < s.rounds or finetune_follows))
         previous_key, alive = key, mask
     return results[-1], results
