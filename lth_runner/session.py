@@ -391,6 +391,11 @@ def check_distributed(cfg: RunConfig, device: torch.device) -> None:
             f"trainer.batch_size={cfg.trainer.batch_size} is not accepted: expected a multiple of the "
             f"{world} processes (the batch size is global, split evenly across ranks)"
         )
+    if device.type == "cuda" and cfg.trainer.device not in ("auto", "cuda"):
+        raise UserError(
+            f"trainer.device={cfg.trainer.device!r} is not accepted with {world} processes: expected auto or cuda "
+            f"(each process takes the GPU of its local rank; choose GPUs with CUDA_VISIBLE_DEVICES)"
+        )
     if device.type == "cuda" and torch.cuda.device_count() < int(os.environ.get("LOCAL_WORLD_SIZE", "1")):
         raise UserError(
             f"{os.environ.get('LOCAL_WORLD_SIZE')} processes on this node but "
@@ -410,6 +415,8 @@ def select_device(name: str) -> torch.device:
         raise UserError(f"trainer.device={name!r} is not accepted: expected auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"trainer.device={name!r} is not accepted: no CUDA device is available here (use auto or cpu)")
+    if device.type == "cuda" and device.index is None:  # one GPU per process: the local rank's
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     return device
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 import torch
 from torch import nn
@@ -115,6 +117,41 @@ def test_a_stage_interrupted_mid_epoch_resumes_to_the_identical_result(tmp_path)
         assert torch.equal(value, resumed.model.state_dict()[key]), key
     assert result.final_test_acc == expected.final_test_acc and result.final_train_loss == expected.final_train_loss
     assert result.epochs_trained == 4 and result.steps == 20
+
+
+class SignalAt:
+    """Records a preemption warning (SIGUSR2) once the trainer reaches ``step``, as the signal handler would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def after_step(self, trainer) -> None:
+        if trainer.step == self.step:
+            from lth_runner import preemption
+
+            preemption._state["signum"] = signal.SIGUSR2
+
+
+def test_a_signal_mid_epoch_checkpoints_the_exact_step_and_the_resume_replays_dropout(tmp_path):
+    """The checkpoint a signal leaves is mid-epoch: the resumed epoch skips the finished batches, and the dropout
+    draws those batches made are restored, not drawn again (the model has dropout 0.2)."""
+    from lth_runner import preemption
+
+    stage = Stage("round01/ticket", 1, "ticket", epochs=4)
+    straight, enforcer = make_trainer(tmp_path / "a.pt")
+    expected = straight.fit(stage, hooks_with(enforcer))
+    interrupted, enforcer = make_trainer(tmp_path / "b.pt")
+    try:
+        with pytest.raises(preemption.Interrupted):
+            interrupted.fit(stage, hooks_with(enforcer, [SignalAt(step=12)]))
+    finally:
+        preemption._state["signum"] = None
+    assert torch.load(tmp_path / "b.pt", weights_only=False)["step"] == 12
+    resumed, enforcer = make_trainer(tmp_path / "b.pt")
+    result = resumed.fit(stage, hooks_with(enforcer))
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    assert result.final_train_loss == expected.final_train_loss
 
 
 def test_late_rewinding_starts_mid_schedule_and_mid_epoch():

@@ -106,8 +106,10 @@ class InMemoryData(DataBundle):
         self, seed: int, *, skip: int = 0, rank: int = 0, world_size: int = 1, batch_size: int | None = None
     ) -> Iterator[Batch]:
         x_all, y_all = self._splits["train"]
-        generator = torch.Generator(device=self.device).manual_seed(int(seed))
-        order = torch.randperm(y_all.numel(), generator=generator, device=self.device)
+        # Drawn on the CPU whatever the placement: the data order and the augmentation are the same stream on
+        # every device (a CUDA generator is another algorithm), so placement and device stay result-neutral.
+        generator = torch.Generator().manual_seed(int(seed))
+        order = torch.randperm(y_all.numel(), generator=generator).to(self.device)
         size = batch_size or self.batch_size
         for batch_index, start in enumerate(range(0, order.numel(), size)):
             index = order[start : start + size]

@@ -41,8 +41,9 @@ class BatchTransform:
         if not self.augments:
             return None
         span = 2 * self.crop_padding + 1
-        offsets = torch.randint(0, span, (2, count), generator=generator, device=device)
-        flips = torch.rand(count, generator=generator, device=device) < 0.5
+        on = generator.device if generator is not None else torch.device("cpu")
+        offsets = torch.randint(0, span, (2, count), generator=generator, device=on).to(device, non_blocking=True)
+        flips = (torch.rand(count, generator=generator, device=on) < 0.5).to(device, non_blocking=True)
         if not self.flip:
             flips.zero_()
         return AugmentParams(offsets[0], offsets[1], flips)

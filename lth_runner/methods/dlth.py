@@ -79,7 +79,6 @@ from lth_runner.training.penalty import GrowingPenalty
 from lth_runner.training.trainer import Stage, StageResult
 
 DEFAULT_CEILING = 2e-3  # seed 000, Sec. 4.1, its DLTH/DLTH-Iter baselines
-REFERENCE_CEILING = 1.0  # yueb17/DLTH option.py reg_upper_limit
 
 
 def dlth(run: RunContext) -> Summary:
@@ -301,12 +300,14 @@ def random_sparse_transformation(run: RunContext, *, iterative: bool) -> Summary
         fresh = run.mask(names.unimportant, lambda: draw_unimportant(run, candidates, kept, cycle))  # noqa: B023
         chosen = union(chosen, fresh)
         penalised = fresh if method.zero_between_cycles or not iterative else chosen
+        # the schedule runs on into this cycle's fine-tune only when the cycle has one
+        continues = continue_schedule and zero and finetune
 
         # ------------------------------------------------------------ transform: growing penalty on the set
-        schedule = epochs.transform + epochs.finetune if continue_schedule else epochs.transform
+        schedule = epochs.transform + epochs.finetune if continues else epochs.transform
         penalty = transform_penalty(reg, params, penalised, grow_epochs=epochs.grow, steps_per_epoch=transform_steps)
         optimizer_name = f"{names.transform.replace('/', '_')}.optimizer"
-        hooks: list[Any] = [penalty] + ([SaveOptimizerAtEnd(run, optimizer_name)] if continue_schedule else [])
+        hooks: list[Any] = [penalty] + ([SaveOptimizerAtEnd(run, optimizer_name)] if continues else [])
         enforcer.set_mask(alive)
         transform = run.train(
             Stage(
@@ -348,7 +349,7 @@ def random_sparse_transformation(run: RunContext, *, iterative: bool) -> Summary
 
         # ------------------------------------------------------------ fine-tuning (or one evaluation)
         if finetune and epochs.finetune > 0:
-            if continue_schedule:
+            if continues:
                 stage = Stage(
                     names.finetune,
                     names.round,
@@ -366,7 +367,7 @@ def random_sparse_transformation(run: RunContext, *, iterative: bool) -> Summary
             results.append(last)
             run.release_weights(previous_key)
             previous_key = last.key
-            if continue_schedule and distributed.is_main():
+            if continues and distributed.is_main():
                 (run.output_dir / "checkpoints" / f"{optimizer_name}.pt").unlink(missing_ok=True)
         else:
             enforcer.apply_to_weights()

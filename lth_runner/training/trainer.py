@@ -166,6 +166,7 @@ class Trainer:
         self.lr = optim.lr
         self._best_state: dict[str, torch.Tensor] | None = None
         self._partial_totals: torch.Tensor | None = None
+        self._resume_rng: dict[str, torch.Tensor | None] | None = None
         self._result: StageResult | None = None
         self._keep_best_state = False
         self._progress = _Progress(tracker)
@@ -213,7 +214,8 @@ class Trainer:
             resumed=resumed,
         )
         started = time.perf_counter() - result.seconds
-        self._progress.start(stage, self.step, self.steps_per_epoch, self.cfg.batch_size, self.cfg.progress_seconds)
+        batch_size = stage.batch_size or self.cfg.batch_size
+        self._progress.start(stage, self.step, self.steps_per_epoch, batch_size, self.cfg.progress_seconds)
         stop = result.stopped_early
         while self.epoch < stage.epochs and not stop:
             epoch_start = time.perf_counter()
@@ -271,6 +273,11 @@ class Trainer:
         # One seed per (round, epoch): ticket and controls of a round see the same batches, and a resumed epoch
         # replays exactly the random draws (data order, augmentation, dropout) of the interrupted one.
         torch.manual_seed(derive_seed(self.seed, "torch", stage.round, stage.phase, self.epoch))
+        if self._resume_rng is not None:  # mid-epoch: the draws the finished steps made (skipped below) are spent
+            torch.set_rng_state(self._resume_rng["cpu"].cpu())  # loaded onto the training device; it lives on the CPU
+            if self._resume_rng.get("cuda") is not None and self.device.type == "cuda":
+                torch.cuda.set_rng_state(self._resume_rng["cuda"].cpu(), self.device)
+            self._resume_rng = None
         batches = self.data.train_batches(
             derive_seed(self.seed, "data", stage.round, self.epoch),
             skip=self.step - self.epoch * self.steps_per_epoch,
@@ -442,8 +449,14 @@ class Trainer:
             result=result.to_dict(),
             best_state=self._best_state if keep_best_state else None,
             partial_totals=None if partial_totals is None else partial_totals.cpu(),
+            rng=None if partial_totals is None else self._rng_state(),
         )
         save_torch_atomic(self.checkpoint_path, payload)
+
+    def _rng_state(self) -> dict[str, torch.Tensor | None]:
+        """The global generators that dropout and other in-model draws use (data order has its own)."""
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        return {"cpu": torch.get_rng_state(), "cuda": cuda}
 
     def _load_checkpoint(self, result: StageResult) -> bool:
         if self.checkpoint_path is None or not self.checkpoint_path.exists():
@@ -461,6 +474,7 @@ class Trainer:
         for name, value in payload["result"].items():
             setattr(result, name, value)
         self._best_state = payload.get("best_state")
+        self._resume_rng = payload.get("rng")
         partial = payload.get("partial_totals")
         if partial is not None:  # a mid-epoch checkpoint: totals are global sums, one rank carries them on
             self._partial_totals = partial if distributed.is_main() else torch.zeros_like(partial)
