@@ -1,4 +1,5 @@
-"""Core performance figures (``make bench``): masked vs dense training step, global pruning, data pipeline.
+"""Core performance figures (``make bench``): masked vs dense training step, score-masked (mask search) vs dense
+step, global pruning, data pipeline.
 
 Timings on shared machines are noisy, so every comparison runs in one process, interleaves the variants in blocks,
 and reports medians and ratios. Results go to stdout and, with ``--json PATH``, to a JSON file.
@@ -15,6 +16,7 @@ import platform
 import resource
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -25,6 +27,7 @@ from lth_runner.data.base import DataSpec, InMemoryData
 from lth_runner.data.transforms import BatchTransform
 from lth_runner.models import build_model
 from lth_runner.sparse import CRITERIA, Mask, MaskEnforcer, kept_count, prunable_parameters, prune_to_density
+from lth_runner.sparse.score_mask import ReselectTopK, ScoreMaskedModel
 from lth_runner.training import EnforceMask
 
 
@@ -80,24 +83,77 @@ def bench_step(arch: str, shape: tuple[int, ...], batch: int, blocks: int, steps
             hook.after_step(None)
 
     model.train()
-    for _ in range(5):  # warm-up both paths
-        step(False)
-        step(True)
-    samples: dict[bool, list[float]] = {False: [], True: []}
-    for block in range(blocks):
-        for masked in (False, True) if block % 2 == 0 else (True, False):
-            for _ in range(steps):
-                start = time.perf_counter()
-                step(masked)
-                samples[masked].append(time.perf_counter() - start)
-    dense, masked = statistics.median(samples[False]), statistics.median(samples[True])
+    dense, masked, count = interleaved(lambda: step(False), lambda: step(True), blocks, steps)
     return {
         "model": arch,
         "batch": batch,
         "dense_ms": round(1000 * dense, 3),
         "masked_ms": round(1000 * masked, 3),
         "ratio": round(masked / dense, 4),
-        "steps_each": len(samples[False]),
+        "steps_each": count,
+    }
+
+
+def interleaved(
+    first: Callable[[], None], second: Callable[[], None], blocks: int, steps: int
+) -> tuple[float, float, int]:
+    """Median seconds of ``first`` and ``second``, timed in alternating blocks (the order flips every block) after
+    a warm-up of both; and the number of samples of each."""
+    for _ in range(5):
+        first()
+        second()
+    samples: tuple[list[float], list[float]] = ([], [])
+    for block in range(blocks):
+        for which in (0, 1) if block % 2 == 0 else (1, 0):
+            run = (first, second)[which]
+            for _ in range(steps):
+                start = time.perf_counter()
+                run()
+                samples[which].append(time.perf_counter() - start)
+    return statistics.median(samples[0]), statistics.median(samples[1]), len(samples[0])
+
+
+def bench_score_step(arch: str, shape: tuple[int, ...], batch: int, blocks: int, steps: int) -> dict[str, Any]:
+    """Median time of one dense SGD step against one score-masked step (mask search on frozen weights: forward
+    with ``w * b``, straight-through backward to the scores, SGD on the scores, exact per-layer top-k re-selection
+    at 10% density), interleaved block by block."""
+    dense_model = build_model(ModelConfig(arch=arch, name=arch, kwargs={}), shape, 10, seed=0)
+    searched = build_model(ModelConfig(arch=arch, name=arch, kwargs={}), shape, 10, seed=0)
+    weights = prunable_parameters(searched)
+    generator = torch.Generator().manual_seed(0)
+    scores = {n: torch.rand(w.shape, generator=generator) for n, w in weights.items()}
+    wrapper = ScoreMaskedModel(searched, scores, {n: kept_count(w.numel(), 0.1) for n, w in weights.items()})
+    reselect = ReselectTopK(wrapper)
+    dense_optimizer = torch.optim.SGD(dense_model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, foreach=True)
+    score_optimizer = torch.optim.SGD(
+        [p for p in wrapper.parameters() if p.requires_grad], lr=0.1, momentum=0.9, weight_decay=5e-4, foreach=True
+    )
+    x = torch.randn(batch, *shape)
+    y = torch.randint(0, 10, (batch,))
+
+    def dense_step() -> None:
+        loss = F.cross_entropy(dense_model(x), y)
+        dense_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        dense_optimizer.step()
+
+    def score_step() -> None:
+        loss = F.cross_entropy(wrapper(x), y)
+        score_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        score_optimizer.step()
+        reselect.after_step(None)
+
+    dense_model.train()
+    wrapper.train()
+    dense, masked, count = interleaved(dense_step, score_step, blocks, steps)
+    return {
+        "model": arch,
+        "batch": batch,
+        "dense_ms": round(1000 * dense, 3),
+        "score_masked_ms": round(1000 * masked, 3),
+        "ratio": round(masked / dense, 4),
+        "steps_each": count,
     }
 
 
@@ -153,6 +209,16 @@ def main() -> None:
         print(
             f"train step {row['model']} (batch {row['batch']}): dense {row['dense_ms']} ms, masked "
             f"{row['masked_ms']} ms, ratio {row['ratio']:.3f} (median of {row['steps_each']} steps each)",
+            flush=True,
+        )
+    results["score_step"] = [
+        bench_score_step("lenet_300_100", (1, 28, 28), 128, blocks=6 if quick else 20, steps=20 if quick else 50),
+        bench_score_step("resnet20", (3, 32, 32), 128, blocks=4 if quick else 8, steps=3 if quick else 5),
+    ]
+    for row in results["score_step"]:
+        print(
+            f"mask-search step {row['model']} (batch {row['batch']}): dense {row['dense_ms']} ms, score-masked "
+            f"{row['score_masked_ms']} ms, ratio {row['ratio']:.3f} (median of {row['steps_each']} steps each)",
             flush=True,
         )
     results["data"] = [bench_data(128, 2 if quick else 5), bench_data(512, 2 if quick else 5)]
