@@ -4,6 +4,7 @@ hand, end to end on MNIST-1D, loading pre-trained weights, errors, the CLI and r
 from __future__ import annotations
 
 import json
+import os
 import signal
 
 import pytest
@@ -368,3 +369,31 @@ def test_a_run_killed_while_finetuning_resumes_to_the_same_result(tmp_path, data
     want, got = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("reference", "run"))
     assert without_timings(got) == without_timings(want)
     assert Mask.load(tmp_path / "run/masks/l1.pt") == Mask.load(tmp_path / "reference/masks/l1.pt")
+
+
+def test_pretrained_auto_trains_the_dense_model_once_for_two_concurrent_jobs(tmp_path):
+    """Two jobs with the same recipe start together: one trains and caches the dense model under the data root,
+    the other waits for it and loads it; both prune the same weights."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    data_root = tmp_path / "data"
+    env = dict(os.environ, LTH_DATA_ROOT=str(data_root), PYTHONUNBUFFERED="1")
+    command = [sys.executable, "-m", "lth_runner.train", *BASE, "method=l1", "method.pretrained=auto"]
+    jobs = [
+        subprocess.Popen([*command, f"hydra.run.dir={tmp_path / name}"], cwd=REPO, env=env, stderr=subprocess.PIPE)
+        for name in ("a", "b")
+    ]
+    for job in jobs:
+        assert job.wait(timeout=300) == 0, job.stderr.read().decode()[-2000:]
+    cached = sorted(p.name for p in (data_root / "pretrained").iterdir() if p.suffix in (".pt", ".json"))
+    assert len(cached) == 2 and cached[0].startswith("mlp-")  # one weights file and its record
+    summaries = [json.loads((tmp_path / name / "summary.json").read_text()) for name in ("a", "b")]
+    assert sorted(s["details"]["l1"]["source_kind"] for s in summaries) == ["cache", "trained"]
+    assert Mask.load(tmp_path / "a" / "masks" / "l1.pt") == Mask.load(tmp_path / "b" / "masks" / "l1.pt")
+    record = json.loads((data_root / "pretrained" / cached[0]).read_text())  # the .json sorts first
+    assert record["recipe"]["epochs"] == 2 and record["accuracy"]["test_acc"] is not None
+    trained = next(s for s in summaries if s["details"]["l1"]["source_kind"] == "trained")
+    assert trained["cost"]["epochs_per_stage"].get("pretrain/dense") == 2

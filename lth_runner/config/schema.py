@@ -302,7 +302,9 @@ class EarlyBirdConfig(MethodConfig):
 class L1Config(MethodConfig):
     """Seed 000's "L1" baseline: magnitude pruning of a pre-trained network, then fine-tuning (Li et al. 2017)."""
 
-    pretrained: str | None = option(None, help="a run directory or a state-dict file (null: train it here)")
+    pretrained: str | None = option(
+        None, help="a run directory, a state-dict file, auto (trained once, cached) or timm:NAME (null: train it here)"
+    )
     structure: str = option("weight", choices=("weight", "filter"), help="per-weight magnitude or whole filters")
     scope: str | None = option(
         "layerwise", choices=("layerwise", "global"), help="where weights compete (null: sparsity.scope)"

@@ -7,7 +7,8 @@ with the smallest sums, then retrain ("prune once and retrain", Sec. 3.4). The m
 
 1. pre-train: train the dense network in this run (stage ``pretrain/dense``, ``trainer.epochs`` epochs), or load
    weights with ``method.pretrained`` (a state-dict file, a dict with a ``model`` key such as ``checkpoints/last.pt``,
-   or a run directory of this tool);
+   a run directory of this tool, ``auto`` for the dense model trained once and cached under the data root, or
+   ``timm:NAME``; :mod:`lth_runner.models.pretrained`);
 2. prune once to ``sparsity.target`` (mask saved as ``masks/l1.pt`` and read back on resume);
 3. fine-tune the masked pre-trained weights (stage ``finetune/ticket``) with a fresh optimizer at
    ``optim.lr * method.finetune_lr_scale``, the learning-rate schedule spanning the fine-tuning epochs.
@@ -35,31 +36,23 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from lth_runner.config.schema import L1Config
-from lth_runner.errors import UserError
 from lth_runner.methods.controls import ControlStart, train_controls
+from lth_runner.models import pretrained
+from lth_runner.models.pretrained import PRETRAIN_KEY
 from lth_runner.session import RunContext
 from lth_runner.sparse import Mask, MaskEnforcer, kept_count, prunable_parameters, prune_to_density, select_top, unwrap
 from lth_runner.sparse.schedule import remaining_fraction
 from lth_runner.summary import Summary, round_summary
 from lth_runner.training.trainer import Stage, StageResult
 
-PRETRAIN_KEY = "pretrain/dense"
 FINETUNE_KEY = "finetune/ticket"
 MASK_NAME = "l1"
-# Where a run directory keeps dense weights: this method's pre-training, LTH's round 0 (kept with
-# trainer.keep_round_weights=true), and a search stage's dense weights.
-RUN_DIR_WEIGHTS = (
-    "checkpoints/pretrain_dense.final.pt",
-    "checkpoints/round00_dense.final.pt",
-    "checkpoints/search_dense.final.pt",
-)
 
 
 # ------------------------------------------------------------------------------------------------ pruning
@@ -106,58 +99,6 @@ def filter_density(mask: Mask) -> float:
     return sum(filters_kept(mask).values()) / total if total else 1.0
 
 
-# ------------------------------------------------------------------------------------------- pre-trained
-def resolve_pretrained(spec: str) -> tuple[Path, str]:
-    """The weights file that ``method.pretrained`` names and its kind (``file`` or ``run_dir``)."""
-    path = Path(spec).expanduser().resolve()
-    if path.is_dir():
-        for candidate in RUN_DIR_WEIGHTS:
-            if (path / candidate).is_file():
-                return path / candidate, "run_dir"
-        raise UserError(
-            f"method.pretrained={spec!r}: the run directory {path} holds none of {', '.join(RUN_DIR_WEIGHTS)} "
-            f"(an LTH run keeps its dense weights only with trainer.keep_round_weights=true: re-run it so, "
-            f"or point method.pretrained at a state-dict file)"
-        )
-    if path.is_file():
-        return path, "file"
-    raise UserError(
-        f"method.pretrained={spec!r}: no such file or directory ({path}); give a state-dict file or a run directory"
-    )
-
-
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from ``path``: saved as is, or under a ``model`` key (like ``checkpoints/last.pt``)."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to fix
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise UserError(f"method.pretrained: {path} is not a readable PyTorch weights file ({reason})") from None
-    if isinstance(payload, dict) and isinstance(payload.get("model"), dict):
-        payload = payload["model"]
-    if not isinstance(payload, dict) or not payload or not all(isinstance(v, torch.Tensor) for v in payload.values()):
-        raise UserError(
-            f"method.pretrained: {path} holds no state dict (expected {{name: tensor}} or a dict with a 'model' key)"
-        )
-    return payload
-
-
-def check_compatible(state: Mapping[str, torch.Tensor], model: nn.Module, path: Path) -> None:
-    """Refuse, in one line naming the first offending tensor, weights that do not fit ``model``."""
-    expected = unwrap(model).state_dict()
-    for name, tensor in expected.items():
-        if name not in state:
-            raise UserError(f"method.pretrained: {path} has no tensor {name!r}, which the model needs")
-        if tuple(state[name].shape) != tuple(tensor.shape):
-            raise UserError(
-                f"method.pretrained: {path} does not fit the model: {name} has shape {tuple(state[name].shape)} "
-                f"there and {tuple(tensor.shape)} in the model"
-            )
-    extra = [name for name in state if name not in expected]
-    if extra:
-        raise UserError(f"method.pretrained: {path} has tensor {extra[0]!r}, which the model does not")
-
-
 # ------------------------------------------------------------------------------------------------- method
 def l1(run: RunContext) -> Summary:
     """Pre-train (or load), prune once by L1 magnitude to the target, fine-tune."""
@@ -172,7 +113,9 @@ def l1(run: RunContext) -> Summary:
     total = sum(p.numel() for p in params.values())
     init_state = {k: v.detach().clone() for k, v in unwrap(model).state_dict().items()}
     run.log_start(total, densities=[remaining_fraction(cfg.sparsity.target)])
-    loaded = _load_pretrained(run, model) if method.pretrained is not None else None
+    loaded = pretrained.obtain(run, model, epochs=cfg.trainer.epochs) if method.pretrained is not None else None
+    if loaded is not None:
+        run.message(f"l1: pre-trained weights from {loaded.source} ({loaded.kind})")
     if method.structure == "filter":
         _warn_classifier(run, model, params)
 
@@ -182,16 +125,18 @@ def l1(run: RunContext) -> Summary:
         results.append(dense)
         source: dict[str, Any] = {"source": PRETRAIN_KEY, "source_kind": "in_run"}
     else:
-        source = {"source": str(loaded[0]), "source_kind": loaded[1]}
-    pretrained = run.evaluate(model, "pretrained/evaluate", 0)
-    rounds = [round_summary(0, total, total, results[0] if results else pretrained)]
+        source = {"source": loaded.source, "source_kind": loaded.kind}
+        if loaded.stage is not None:
+            results.append(loaded.stage)
+    evaluated = run.evaluate(model, "pretrained/evaluate", 0)
+    rounds = [round_summary(0, total, total, results[0] if results else evaluated)]
     section: dict[str, Any] = {
         **source,
         "structure": method.structure,
         "scope": scope,
         "finetune_epochs": finetune_epochs,
         "finetune_lr": finetune_optim.lr,
-        "pretrained": {"val_acc": pretrained.best_val_acc, "test_acc": pretrained.final_test_acc},
+        "pretrained": {"val_acc": evaluated.best_val_acc, "test_acc": evaluated.final_test_acc},
     }
     run.write_summary(total, results=results, final=rounds[0].ticket, kept=total, round_index=0, rounds=rounds,
                       details={"l1": section}, complete=False)  # fmt: skip
@@ -231,15 +176,6 @@ def l1(run: RunContext) -> Summary:
     rounds.append(round_summary(1, mask.num_kept(), total, final, controls))
     return run.write_summary(total, results=results, final=final, kept=mask.num_kept(), round_index=1,
                              rounds=rounds, controls=controls, details={"l1": section}, complete=True)  # fmt: skip
-
-
-def _load_pretrained(run: RunContext, model: nn.Module) -> tuple[Path, str]:
-    path, kind = resolve_pretrained(run.cfg.method.pretrained)
-    state = read_state_dict(path)
-    check_compatible(state, model, path)
-    unwrap(model).load_state_dict(state)
-    run.message(f"l1: pre-trained weights from {path}")
-    return path, kind
 
 
 def _warn_classifier(run: RunContext, model: nn.Module, params: Mapping[str, nn.Parameter]) -> None:
