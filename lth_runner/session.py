@@ -44,6 +44,7 @@ from lth_runner.config.schema import OptimConfig, RunConfig, is_result_neutral
 from lth_runner.data import DataBundle, build_data
 from lth_runner.errors import UserError
 from lth_runner.models import build_model
+from lth_runner.sparse.criteria import ScoreContext
 from lth_runner.sparse.enforce import MaskEnforcer
 from lth_runner.sparse.mask import Mask
 from lth_runner.sparse.prunable import from_sparsity_config, unwrap
@@ -280,6 +281,23 @@ class RunContext:
         distributed.barrier()
         return mask
 
+    def criterion_context(self, model: nn.Module, *labels: object) -> ScoreContext:
+        """What a pruning criterion may use: a seed from ``labels``, the model and a seeded pass over the training
+        split (read only by data-driven criteria such as SNIP and GraSP)."""
+        seed = derive_seed(self.cfg.seed, "criterion", *labels)
+        sparsity = self.cfg.sparsity
+        return ScoreContext(
+            seed=seed,
+            model=unwrap(model),
+            batches=_TrainingPass(self.data, derive_seed(seed, "data"), self.device),
+            options={
+                "criterion_batches": sparsity.criterion_batches,
+                "grasp_samples_per_class": sparsity.grasp_samples_per_class,
+                "grasp_temperature": sparsity.grasp_temperature,
+                "num_classes": self.data.spec.num_classes,
+            },
+        )
+
     def mask(
         self,
         name: str,
@@ -352,6 +370,17 @@ class RunContext:
     def _save_state(self) -> None:
         if distributed.is_main():
             write_json_atomic(self.state_path, self.state)
+
+
+class _TrainingPass:
+    """A re-iterable, seeded pass over the training batches (each iteration starts the same pass afresh)."""
+
+    def __init__(self, data: DataBundle, seed: int, device: torch.device) -> None:
+        self.data, self.seed, self.device = data, seed, device
+
+    def __iter__(self) -> Any:
+        for x, y in self.data.train_batches(self.seed):  # whole batches: every rank scores the same
+            yield x.to(self.device), y.to(self.device)
 
 
 def resume_fingerprint(cfg: RunConfig) -> dict[str, Any]:

@@ -339,6 +339,9 @@ class SparsityConfig:
         "geometric", choices=("geometric", "fixed_fraction"), help="density r^(i/rounds), or `rate` per round"
     )
     rate: float = option(0.2, gt=0.0, lt=1.0, help="fraction of survivors removed per round (fixed_fraction)")
+    criterion_batches: int = option(1, ge=1, help="snip: training batches whose gradients are summed")
+    grasp_samples_per_class: int = option(10, ge=1, help="grasp: training examples per class (GraSP's default)")
+    grasp_temperature: float = option(200.0, gt=0.0, help="grasp: logits divided by this (GraSP's T)")
 
 
 # ------------------------------------------------------------------------------------------------ optimizer

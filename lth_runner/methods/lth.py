@@ -34,7 +34,6 @@ from lth_runner.sparse import (
     CRITERIA,
     Mask,
     MaskEnforcer,
-    ScoreContext,
     prune_to_density,
     remaining_fraction,
     round_densities,
@@ -42,7 +41,6 @@ from lth_runner.sparse import (
 from lth_runner.sparse.prunable import unwrap
 from lth_runner.summary import Summary, round_summary
 from lth_runner.training.trainer import Stage, StageResult
-from lth_runner.utils.seeding import derive_seed
 
 
 class RewindCapture:
@@ -111,7 +109,7 @@ def iterative_magnitude_pruning(run: RunContext, *, one_shot: bool) -> Summary:
     previous_key = dense.key
     control_rounds = set(range(1, len(densities) + 1)) if method.control_rounds == "all" else {len(densities)}
     for round_index, density in enumerate(densities, start=1):
-        prune = functools.partial(_prune, run, params, previous_key, mask, density, round_index)
+        prune = functools.partial(_prune, run, model, params, previous_key, mask, density, round_index)
         mask = run.mask(f"round_{round_index:02d}", prune, round=round_index)
         run.release_weights(previous_key)
 
@@ -139,15 +137,20 @@ def iterative_magnitude_pruning(run: RunContext, *, one_shot: bool) -> Summary:
 
 
 def _prune(
-    run: RunContext, params: dict[str, torch.nn.Parameter], key: str, alive: Mask, density: float, index: int
+    run: RunContext,
+    model: torch.nn.Module,
+    params: dict[str, torch.nn.Parameter],
+    key: str,
+    alive: Mask,
+    density: float,
+    index: int,
 ) -> Mask:
     """The round's mask: ``density`` of the weights by the criterion, among the survivors ``alive``, ranked on the
-    weights stage ``key`` ended with (or its best-validation weights, ``method.prune_from=best_val``)."""
+    weights stage ``key`` ended with (or its best-validation weights, ``method.prune_from=best_val``); data-driven
+    criteria evaluate ``model`` with those weights substituted."""
     method = run.cfg.method
     weights = run.load_weights(key, "best" if method.prune_from == "best_val" else "final")
-    scores = CRITERIA.get(method.criterion)(
-        {n: weights[n] for n in params}, ScoreContext(seed=derive_seed(run.cfg.seed, "criterion", index))
-    )
+    scores = CRITERIA.get(method.criterion)({n: weights[n] for n in params}, run.criterion_context(model, index))
     return prune_to_density(scores, density, scope=run.cfg.sparsity.scope, alive=alive)
 
 

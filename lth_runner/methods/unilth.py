@@ -56,14 +56,13 @@ from lth_runner.config.schema import UniLTHConfig
 from lth_runner.errors import ConfigError
 from lth_runner.methods.controls import ControlStart, train_controls
 from lth_runner.session import RunContext
-from lth_runner.sparse import CRITERIA, Mask, MaskEnforcer, ScoreContext, kept_count, round_densities
+from lth_runner.sparse import CRITERIA, Mask, MaskEnforcer, kept_count, round_densities
 from lth_runner.sparse.prunable import unwrap
 from lth_runner.sparse.schedule import remaining_fraction
 from lth_runner.sparse.select import select_top
 from lth_runner.summary import Summary, round_summary
 from lth_runner.training import EarlyStop, GrowingPenalty, KeepSnapshots, PruneEvent, PruneSchedule, SnapshotBuffer
 from lth_runner.training.trainer import Stage, StageResult
-from lth_runner.utils.seeding import derive_seed
 
 DEFAULT_CEILING = {"unilth": 1e-3, "unidlth": 1e-2}
 
@@ -293,12 +292,17 @@ def _event_counts(
 
 
 def _select(
-    run: RunContext, params: dict[str, torch.nn.Parameter], unimportant: Mask | None, plan: _Plan, alive: Mask, event
+    run: RunContext,
+    model: nn.Module,
+    params: dict[str, torch.nn.Parameter],
+    unimportant: Mask | None,
+    plan: _Plan,
+    alive: Mask,
+    event: PruneEvent,
 ) -> Mask:
     """The mask after ``event``: the smallest-magnitude survivors go (only inside U for UniDLTH)."""
     criterion = CRITERIA.get(run.cfg.method.criterion)
-    context = ScoreContext(seed=derive_seed(run.cfg.seed, "criterion", event.index))
-    scores = criterion({n: p.detach() for n, p in params.items()}, context)
+    scores = criterion({n: p.detach() for n, p in params.items()}, run.criterion_context(model, event.index))
     if unimportant is not None:  # weights outside U can never be chosen for removal
         scores = {n: s.masked_fill(~unimportant[n], math.inf) for n, s in scores.items()}
     if plan.layer_kept is not None:
@@ -361,7 +365,9 @@ class _Stage2:
 
     def prune(self, alive: Mask, event: PruneEvent) -> Mask:
         """The mask of ``event`` (``masks/round_XX.pt``): read back if saved, else selected, saved and logged."""
-        select: Callable[[], Mask] = lambda: _select(self.run, self.params, self.unimportant, self.plan, alive, event)  # noqa: E731
+        select: Callable[[], Mask] = lambda: _select(  # noqa: E731
+            self.run, self.model, self.params, self.unimportant, self.plan, alive, event
+        )
         return self.run.mask(f"round_{event.index:02d}", select, round=event.index, step=event.step)
 
     def stage(self, key: str, round_index: int, phase: str, length: int, density: float = 1.0) -> Stage:
