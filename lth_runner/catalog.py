@@ -83,6 +83,8 @@ _METHODS = {
     "dlth_iter": ("dlth:dlth_iter", s.DLTHConfig, True),
     "eb": ("eb:early_bird", s.EarlyBirdConfig, False),
     "l1": ("l1:l1", s.L1Config, False),
+    "edge_popup": ("mask_search:edge_popup", s.MaskSearchConfig, False),
+    "sr_popup": ("mask_search:sr_popup", s.MaskSearchConfig, False),
 }
 for _name, (_target, _config, _penalised) in _METHODS.items():
     METHODS.declare(_name, f"lth_runner.methods.{_target}", config=_config, uses_regularizer=_penalised)

@@ -313,6 +313,72 @@ class L1Config(MethodConfig):
     finetune_lr_scale: float = option(0.1, gt=0.0, help="fine-tuning learning rate = optim.lr * this")
 
 
+@dataclass
+class MaskSearchConfig(MethodConfig):
+    """Mask search on frozen weights: edge-popup (Ramanujan et al. 2020) and SR-popup (Lottery Jackpots, paper 004).
+
+    ``sparsity.target`` is always the pruned fraction (allenai/hidden-networks' ``prune_rate`` is the kept one)."""
+
+    search_epochs: int | None = option(None, ge=1, help="epochs training the scores (null: trainer.epochs)")
+    pretrained: str | None = option(
+        None,
+        help="weights searched: null (the initialisation), a run dir or file, auto (trained once, cached), timm:NAME",
+    )
+    pretrain_epochs: int | None = option(
+        None, ge=1, help="pretrained=auto: dense training epochs (null: trainer.epochs)"
+    )
+    weight_init: str = option(
+        "model",
+        choices=("model", "kaiming_normal", "signed_constant"),
+        help="weights of a search from scratch: the model's init, Kaiming normal, or signed Kaiming constant",
+    )
+    score_init: str = option(
+        "kaiming_uniform",
+        help="kaiming_uniform (edge-popup) or a criterion (magnitude, snip, grasp, random) ranking the first mask",
+    )
+    layer_budget: str = option(
+        "uniform",
+        choices=("uniform", "global", "global_magnitude"),
+        help="kept counts: every layer at the density, one global count, or per layer from a global |w| threshold",
+    )
+    dense_classifier: bool = option(False, help="leave the last prunable layer out of the search (kept dense)")
+    eta: float = option(0.99, gt=0.0, lt=1.0, help="sr_popup: relaxed-mask value of the initially pruned entries")
+    swap_schedule: str = option(
+        "none",
+        choices=("poly4", "inverse", "cosine", "constant", "none", "reference_epoch"),
+        help="swaps per step as a fraction of the candidates: (1-t/T)^p, (t/T)^p, cosine, constant, none (all), "
+        "or the reference CIFAR script's per-epoch ceil((1-e/E)^4)",
+    )
+    swap_power: float = option(4.0, gt=0.0, help="p of the poly4 / inverse swap schedules")
+    swap_fraction: float = option(0.5, gt=0.0, le=1.0, help="constant swap schedule: the fraction of candidates")
+    train: list[str] = option(
+        factory=list, items=dict(choices=("weights", "bias", "bn_affine")), help="what trains besides the scores"
+    )
+    bn_stats: str = option("update", choices=("update", "frozen"), help="BatchNorm running statistics")
+    finetune_epochs: int = option(0, ge=0, help="epochs training the found subnetwork's weights afterwards")
+
+    def check(self, run: RunConfig) -> None:
+        _check_prunes(run)
+        if self.score_init != "kaiming_uniform" and self.score_init not in _registered("criteria"):
+            from lth_runner.registry import did_you_mean
+
+            accepted = ["kaiming_uniform", *_registered("criteria")]
+            raise ConfigError(
+                "method.score_init",
+                self.score_init,
+                f"one of: {', '.join(accepted)}",
+                hint=did_you_mean(self.score_init, accepted),
+            )
+        if self.pretrained is not None and self.weight_init != "model":
+            raise ConfigError("method.weight_init", self.weight_init, "model when method.pretrained is set")
+
+
+def _registered(registry: str) -> list[str]:
+    from lth_runner import catalog
+
+    return catalog.CRITERIA.names() if registry == "criteria" else []
+
+
 # --------------------------------------------------------------------------------------------- regularizer
 @dataclass
 class RegularizerConfig:

@@ -1,0 +1,152 @@
+"""edge-popup and SR-popup (lth_runner/methods/mask_search.py): the restriction, budgets, frozen weights, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lth_runner.config.compose import compose_config
+from lth_runner.config.schema import MaskSearchConfig
+from lth_runner.config.validate import build_run_config
+from lth_runner.errors import ConfigError
+from lth_runner.methods.mask_search import (
+    SWAP_SCHEDULES,
+    RestrictedSwap,
+    layer_budget,
+    overlap,
+    restricted_swap,
+    swap_count,
+)
+from lth_runner.models import build_model
+from lth_runner.session import run_experiment
+from lth_runner.sparse import Mask, kept_count
+from lth_runner.sparse.score_mask import ScoreMaskedModel
+from lth_runner.utils.seeding import derive_seed
+from tests.conftest import run_cli, without_timings
+
+BASE = [
+    "model=mlp",
+    "dataset=mnist1d",
+    "dataset.num_samples=1000",
+    "model.hidden=[32,32]",
+    "trainer.epochs=2",
+    "trainer.batch_size=64",
+    "sparsity=80",
+    "logger.console=none",
+    "logger.plots=false",
+]
+LAYERS = {"fc1.weight": 40 * 32, "fc2.weight": 32 * 32, "fc3.weight": 32 * 10}
+
+
+def config(data_root, *overrides):
+    return build_run_config(compose_config([*BASE, f"paths.data_root={data_root}", *overrides]))
+
+
+# ------------------------------------------------------------------------------------------- the restriction
+def test_restricted_swap_revives_the_largest_candidates_and_prunes_the_smallest_by_hand():
+    """m and keep below: 3 kept, 3 pruned; the threshold between them is the 3rd smallest m = 0.98, so
+    Psi* = {pruned, m > 0.98} = {1 (0.99)} and Phi* = {kept, m <= 0.98} = {0 (0.90)}."""
+    m = torch.tensor([0.90, 0.99, 1.00, 0.98, 1.20, 0.50])
+    keep = torch.tensor([True, False, True, False, True, False])
+    new, q, candidates = restricted_swap(m, keep, 1.0)
+    assert (q, candidates) == (1, 1) and new.tolist() == [False, True, True, False, True, False]
+    assert restricted_swap(m, keep, 0.0)[1] == 0
+    # four candidates each side: a fraction 0.3 swaps ceil(1.2) = 2, the extremes first
+    m = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.9, 0.8, 0.7, 0.6])
+    keep = torch.tensor([True, True, True, True, False, False, False, False])
+    new, q, candidates = restricted_swap(m, keep, 0.3)
+    assert (q, candidates) == (2, 4)
+    assert new.tolist() == [False, False, True, True, True, True, False, False]
+    assert int(new.sum()) == 4
+
+
+def test_swap_schedules_follow_their_formulas():
+    cfg = MaskSearchConfig(name="sr_popup")
+    assert [SWAP_SCHEDULES["poly4"](t, 10, cfg) for t in (0, 5, 10)] == [1.0, 0.5**4, 0.0]
+    assert SWAP_SCHEDULES["inverse"](5, 10, cfg) == 0.5**4
+    assert SWAP_SCHEDULES["cosine"](5, 10, cfg) == pytest.approx(0.5)
+    # the reference CIFAR script: ceil((1 - epoch/E)^4) is 1 for every epoch of the search (never restricts)
+    assert {SWAP_SCHEDULES["reference_epoch"](t, 30, cfg, steps_per_epoch=10) for t in range(30)} == {1.0}
+    assert swap_count(7, (1 - 3 / 10) ** 4) == math.ceil(7 * 0.7**4) == 2
+
+
+def test_the_restriction_hook_swaps_q_t_per_layer_at_iteration_t():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(10, 10, bias=False)
+    scores = {"weight": torch.rand(10, 10)}
+    wrapper = ScoreMaskedModel(layer, scores, {"weight": 50}, rank_by="value")
+    wrapper.set_keep(Mask({"weight": torch.arange(100).view(10, 10) % 2 == 0}))  # far from the top-k of m
+    before = wrapper.mask()
+    cfg = MaskSearchConfig(name="sr_popup", swap_schedule="poly4")
+    hook = RestrictedSwap(wrapper, cfg, total_steps=10, steps_per_epoch=5)
+    _, expected_q, candidates = restricted_swap(wrapper.ranked()["weight"], wrapper.keep("weight"), (1 - 3 / 10) ** 4)
+    hook.after_step(SimpleNamespace(step=3, stage=SimpleNamespace(start_step=0)))
+    changed = int((wrapper.keep("weight") != before["weight"]).sum())
+    assert candidates > 0 and expected_q == math.ceil(candidates * 0.7**4) and changed == 2 * expected_q
+    assert int(wrapper.keep("weight").sum()) == 50
+
+
+def test_layer_budgets_uniform_global_and_from_one_global_magnitude_threshold():
+    weights = {"a": torch.tensor([5.0, 4.0, 3.0, 2.0]), "b": torch.tensor([1.0, 0.5, 6.0, 0.1])}
+    assert layer_budget(weights, 0.5, "uniform") == {"a": 2, "b": 2}
+    assert layer_budget(weights, 0.5, "global") == 4
+    assert layer_budget(weights, 0.5, "global_magnitude") == {"a": 3, "b": 1}  # 6, 5, 4, 3 survive
+    mask = Mask({"a": torch.tensor([True, False, True, False]), "b": torch.tensor([False, False, True, False])})
+    reference = Mask({"a": torch.tensor([True, True, True, False]), "b": torch.tensor([False, False, False, True])})
+    assert overlap(mask, reference) == 2 / 3
+
+
+# -------------------------------------------------------------------------------------------------- runs
+def test_edge_popup_keeps_exact_per_layer_counts_and_never_moves_a_weight(tmp_path, data_root):
+    summary = run_experiment(config(data_root, "method=edge_popup", "trainer.keep_round_weights=true"), tmp_path)
+    mask = Mask.load(tmp_path / "masks" / "search.pt")
+    assert {n: int(m.sum()) for n, m in mask.items()} == {n: kept_count(c, 0.2) for n, c in LAYERS.items()}
+    assert summary.final.kept == mask.num_kept() and summary.final.test_acc is not None
+    searched = torch.load(tmp_path / "checkpoints" / "search_scores.final.pt", weights_only=True)
+    cfg = config(data_root, "method=edge_popup")
+    init = build_model(cfg.model, (40,), 10, seed=derive_seed(cfg.seed, "model", "init"))  # what RunContext builds
+    for name, value in init.state_dict().items():
+        assert torch.equal(searched[f"model.{name}"], value), name  # weights and biases bit-identical
+    kept_scores = searched["scores.fc1__weight"].abs()[mask["fc1.weight"]]
+    assert kept_scores.min() >= searched["scores.fc1__weight"].abs()[~mask["fc1.weight"]].max()  # the top-k |s|
+
+
+def test_sr_popup_starts_from_the_magnitude_mask_with_global_magnitude_budgets(tmp_path, data_root):
+    summary = run_experiment(config(data_root, "method=sr_popup", "method.pretrain_epochs=2"), tmp_path).to_dict()
+    section = summary["details"]["search"]
+    assert section["overlap_with_magnitude"]["start"] == 1.0 and section["source_kind"] in ("trained", "cache")
+    assert "fc3.weight" not in section["layer_kept"]  # the classifier stays dense
+    assert sum(section["layer_kept"].values()) == kept_count(LAYERS["fc1.weight"] + LAYERS["fc2.weight"], 0.2)
+    mask = Mask.load(tmp_path / "masks" / "search.pt")
+    assert {n: int(m.sum()) for n, m in mask.items()} == section["layer_kept"]
+    assert section["swaps"] > 0 and 0 < section["overlap_with_magnitude"]["end"] <= 1.0
+
+
+def test_a_search_killed_mid_epoch_resumes_to_the_same_summary_and_mask(tmp_path, data_root):
+    overrides = [*BASE, "method=sr_popup", "method.pretrain_epochs=2", "trainer.epochs=3", "logger.console=plain"]
+    reference = run_cli(*overrides, f"hydra.run.dir={tmp_path / 'reference'}", data_root=data_root)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    killed = run_cli(
+        *overrides,
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "plugins=[tests.fault_injection]",
+        data_root=data_root,
+        env={"LTH_KILL_AT": "search/scores:20"},  # 12 steps per epoch: in the second epoch
+    )
+    assert killed.returncode == -9
+    resumed = run_cli(*overrides, f"hydra.run.dir={tmp_path / 'run'}", data_root=data_root)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    first, second = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("reference", "run"))
+    assert without_timings(first) == without_timings(second)
+    assert Mask.load(tmp_path / "run/masks/search.pt") == Mask.load(tmp_path / "reference/masks/search.pt")
+
+
+def test_bad_search_options_fail_in_one_line(data_root):
+    with pytest.raises(ConfigError, match="method.score_init='magnitud' is not accepted: did you mean magnitude"):
+        config(data_root, "method=edge_popup", "method.score_init=magnitud")
+    with pytest.raises(ConfigError, match="method.weight_init"):
+        config(data_root, "method=sr_popup", "method.weight_init=signed_constant")
