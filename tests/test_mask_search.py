@@ -17,7 +17,6 @@ from lth_runner.methods.mask_search import (
     SWAP_SCHEDULES,
     RestrictedSwap,
     layer_budget,
-    overlap,
     restricted_swap,
     swap_count,
 )
@@ -97,7 +96,7 @@ def test_layer_budgets_uniform_global_and_from_one_global_magnitude_threshold():
     assert layer_budget(weights, 0.5, "global_magnitude") == {"a": 3, "b": 1}  # 6, 5, 4, 3 survive
     mask = Mask({"a": torch.tensor([True, False, True, False]), "b": torch.tensor([False, False, True, False])})
     reference = Mask({"a": torch.tensor([True, True, True, False]), "b": torch.tensor([False, False, False, True])})
-    assert overlap(mask, reference) == 2 / 3
+    assert mask.kept_overlap(reference) == 2 / 3  # the overlap reported against the magnitude mask
 
 
 # -------------------------------------------------------------------------------------------------- runs
@@ -150,3 +149,32 @@ def test_bad_search_options_fail_in_one_line(data_root):
         config(data_root, "method=edge_popup", "method.score_init=magnitud")
     with pytest.raises(ConfigError, match="method.weight_init"):
         config(data_root, "method=sr_popup", "method.weight_init=signed_constant")
+
+
+def test_comparing_two_masks_by_hand_and_from_the_command_line(tmp_path):
+    import subprocess
+    import sys
+
+    from lth_runner.report.masks import compare
+    from tests.conftest import REPO
+
+    a = Mask({"w": torch.tensor([True, True, False, False]), "v": torch.tensor([True, False])})
+    b = Mask({"w": torch.tensor([True, False, True, False]), "v": torch.tensor([True, False])})
+    result = compare(a, b)
+    assert result["layers"]["w"] == {
+        "entries": 4, "kept_a": 2, "kept_b": 2, "overlap": 0.5, "jaccard": 1 / 3, "hamming": 2, "eq7_kept": 0.0,
+    }  # fmt: skip
+    assert result["total"]["overlap"] == 2 / 3 and result["total"]["jaccard"] == 0.5
+    (tmp_path / "run" / "masks").mkdir(parents=True)
+    a.save(tmp_path / "run" / "masks" / "search.pt")
+    b.save(tmp_path / "b.pt")
+    cli = [sys.executable, "-m", "lth_runner.report.masks"]
+    shown = subprocess.run([*cli, str(tmp_path / "run"), str(tmp_path / "b.pt")], cwd=REPO, capture_output=True,
+                           text=True, timeout=60)  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines()[-1].split() == ["total", "6", "3", "3", "0.6667", "0.5000", "2"]
+    other = Mask({"w": torch.ones(4, dtype=torch.bool)})
+    other.save(tmp_path / "c.pt")
+    failed = subprocess.run([*cli, str(tmp_path / "b.pt"), str(tmp_path / "c.pt")], cwd=REPO, capture_output=True,
+                            text=True, timeout=60)  # fmt: skip
+    assert failed.returncode == 2 and failed.stderr.strip().count("\n") == 0 and "different tensors" in failed.stderr

@@ -22,8 +22,11 @@ edge-popup from magnitude), and ``reference_epoch``: the reference CIFAR script'
 Choices where the papers or code leave room (docs/methods.md has the table):
 - The mask is an ordinary :class:`~lth_runner.sparse.Mask` over the prunable weights of the ``sparsity`` group
   (minus the classifier with ``dense_classifier``), saved as ``masks/search.pt``; every other method can load it.
-- The overlap with the magnitude mask of the same weights with the same per-layer counts (paper 004 Eq. 7, Table 6)
-  is reported for every search (``details.search.overlap_with_magnitude``), before and after the search.
+- The overlap with the magnitude mask of the same weights with the same per-layer counts (paper 004 Table 6) is
+  reported for every search (``details.search.overlap_with_magnitude``, before and after): the fraction of the kept
+  weights both masks keep. Eq. 7's ``1 - ||m1 - m2||_1 / k`` leaves ``k`` open; with ``k`` the kept count it is
+  ``2 * overlap - 1`` for equal counts, with ``k`` all entries ``1 - 2 (1 - overlap) * density``
+  (:meth:`Mask.overlap` computes both; ``lth-run-masks`` prints them).
 - Weights, biases and BN affine parameters are frozen (the reference freezes every module with a weight); BN running
   statistics update (``bn_stats=update``, the reference trains in train mode) unless ``bn_stats=frozen``.
 - ``optim.*`` applies to the scores (weight decay included, as in both references).
@@ -170,12 +173,6 @@ def select_with_budget(scores: Mapping[str, torch.Tensor], kept: int | Mapping[s
     return Mask({n: select_top({n: scores[n]}, kept[n])[n] for n in scores})
 
 
-def overlap(mask: Mask, reference: Mask) -> float:
-    """Paper 004 Eq. 7: the fraction of ``mask``'s kept weights that ``reference`` keeps too."""
-    kept = mask.num_kept()
-    return sum(int((mask[n] & reference[n]).sum()) for n in mask.names()) / kept if kept else 1.0
-
-
 # ---------------------------------------------------------------------------------------------- weights
 @torch.no_grad()
 def reinitialise(weights: Mapping[str, nn.Parameter], how: str, generator: torch.Generator) -> None:
@@ -253,7 +250,7 @@ def search(run: RunContext, *, rank_by: str) -> Summary:
         "layer_kept": kept if isinstance(kept, dict) else {n: int(m.sum()) for n, m in wrapper.mask().items()},
         "search_epochs": epochs,
         "swap_schedule": method.swap_schedule if rank_by == "value" else None,
-        "overlap_with_magnitude": {"start": overlap(wrapper.mask(), magnitude)},
+        "overlap_with_magnitude": {"start": wrapper.mask().kept_overlap(magnitude)},
     }
     steps = epochs * run.data.num_train_batches()
     hook: Any = (
@@ -272,7 +269,7 @@ def search(run: RunContext, *, rank_by: str) -> Summary:
     mask = run.mask(MASK_NAME, wrapper.mask, round=1, searched=True)
     if isinstance(kept, int):  # a global count: the budget per layer is what the search chose
         magnitude = select_with_budget({n: p.detach().abs() for n, p in params.items()}, kept)
-    section["overlap_with_magnitude"]["end"] = overlap(mask, magnitude)
+    section["overlap_with_magnitude"]["end"] = mask.kept_overlap(magnitude)
     if rank_by == "value":
         section["swaps"] = getattr(hook, "swaps", None)
 
