@@ -83,6 +83,7 @@ _METHODS = {
     "dlth_iter": ("dlth:dlth_iter", s.DLTHConfig, True),
     "eb": ("eb:early_bird", s.EarlyBirdConfig, False),
     "l1": ("l1:l1", s.L1Config, False),
+    "prune_at_init": ("prune_at_init:prune_at_init", s.PruneAtInitConfig, False),
     "edge_popup": ("mask_search:edge_popup", s.MaskSearchConfig, False),
     "sr_popup": ("mask_search:sr_popup", s.MaskSearchConfig, False),
 }

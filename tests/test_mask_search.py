@@ -12,7 +12,7 @@ import torch
 from lth_runner.config.compose import compose_config
 from lth_runner.config.schema import MaskSearchConfig
 from lth_runner.config.validate import build_run_config
-from lth_runner.errors import ConfigError
+from lth_runner.errors import ConfigError, UserError
 from lth_runner.methods.mask_search import (
     SWAP_SCHEDULES,
     RestrictedSwap,
@@ -22,7 +22,7 @@ from lth_runner.methods.mask_search import (
 )
 from lth_runner.models import build_model
 from lth_runner.session import run_experiment
-from lth_runner.sparse import Mask, kept_count
+from lth_runner.sparse import Mask, kept_count, prune_to_density
 from lth_runner.sparse.score_mask import ScoreMaskedModel
 from lth_runner.utils.seeding import derive_seed
 from tests.conftest import run_cli, without_timings
@@ -178,3 +178,32 @@ def test_comparing_two_masks_by_hand_and_from_the_command_line(tmp_path):
     failed = subprocess.run([*cli, str(tmp_path / "b.pt"), str(tmp_path / "c.pt")], cwd=REPO, capture_output=True,
                             text=True, timeout=60)  # fmt: skip
     assert failed.returncode == 2 and failed.stderr.strip().count("\n") == 0 and "different tensors" in failed.stderr
+
+
+def test_a_found_mask_retrains_under_lth_and_prune_at_init_ranks_the_initial_weights(tmp_path, data_root):
+    search = run_experiment(config(data_root, "method=edge_popup"), tmp_path / "search")
+    found = Mask.load(tmp_path / "search" / "masks" / "search.pt")
+    retrained = run_experiment(
+        config(data_root, "method=lth", f"method.mask={tmp_path / 'search'}"), tmp_path / "retrain"
+    )
+    assert Mask.load(tmp_path / "retrain" / "masks" / "round_01.pt") == found
+    assert retrained.final.kept == search.final.kept and "round00/dense" not in retrained.cost.epochs_per_stage
+    assert retrained.details["given_mask"].endswith("search.pt")
+    with pytest.raises(UserError, match="method.mask: .* covers fc1.weight, fc2.weight, fc3.weight, this run prunes"):
+        run_experiment(
+            config(data_root, "method=lth", f"method.mask={tmp_path / 'search'}", "sparsity.exclude_last=true"),
+            tmp_path / "bad",
+        )
+
+    at_init = run_experiment(config(data_root, "method=prune_at_init", "method.criterion=magnitude"), tmp_path / "pai")
+    cfg = config(data_root, "method=prune_at_init")
+    init = build_model(cfg.model, (40,), 10, seed=derive_seed(cfg.seed, "model", "init"))
+    expected = prune_to_density({n: init.state_dict()[n].abs() for n in LAYERS}, 0.2, scope="global")
+    assert Mask.load(tmp_path / "pai" / "masks" / "round_01.pt") == expected and at_init.final.test_acc is not None
+    snip = run_experiment(config(data_root, "method=prune_at_init"), tmp_path / "snip")
+    snip_mask = Mask.load(tmp_path / "snip" / "masks" / "round_01.pt")
+    assert (
+        snip_mask.num_kept() == expected.num_kept()
+        and snip_mask != expected
+        and snip.final.kept == kept_count(sum(LAYERS.values()), 0.2)
+    )

@@ -161,6 +161,10 @@ class LTHConfig(MethodConfig):
     rewind_unit: str = option("epoch", choices=("epoch", "iteration"), help="unit of rewind_to")
     prune_from: str = option("final", choices=("final", "best_val"), help="which trained weights are ranked")
     control_rounds: str = option("all", choices=("all", "last"), help="rounds that train the controls")
+    mask: str | None = option(
+        None, help="lth: retrain this saved mask (a mask file or run directory) instead of pruning by the criterion"
+    )
+    mask_name: str | None = option(None, help="with method.mask a run directory: which of its masks (e.g. search)")
 
     def check(self, run: RunConfig) -> None:
         if self.rewind_unit == "epoch" and self.rewind_to >= run.trainer.epochs:
@@ -169,6 +173,8 @@ class LTHConfig(MethodConfig):
                 self.rewind_to,
                 f"fewer than the {run.trainer.epochs} epochs of training (trainer.epochs={run.trainer.epochs})",
             )
+        if self.mask is not None and self.name != "lth":
+            raise ConfigError("method.mask", self.mask, "null with method=lth_iter (a given mask is retrained once)")
         if self.prune_from == "best_val" and run.dataset.val_size == 0:
             raise ConfigError(
                 "method.prune_from", self.prune_from, "final when dataset.val_size=0 (no validation split)"
@@ -311,6 +317,17 @@ class L1Config(MethodConfig):
     )
     finetune_epochs: int | None = option(None, ge=0, help="fine-tuning epochs (null: trainer.epochs)")
     finetune_lr_scale: float = option(0.1, gt=0.0, help="fine-tuning learning rate = optim.lr * this")
+
+
+@dataclass
+class PruneAtInitConfig(MethodConfig):
+    """Pruning at initialisation (SNIP, Lee et al. 2019; GraSP, Wang et al. 2020): one-shot mask before training."""
+
+    criterion: str = option("snip", registry="criteria", help="snip, grasp, magnitude, random, ...")
+    train_epochs: int | None = option(None, ge=1, help="epochs training the sparse network (null: trainer.epochs)")
+
+    def check(self, run: RunConfig) -> None:
+        _check_prunes(run)
 
 
 @dataclass

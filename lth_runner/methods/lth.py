@@ -22,12 +22,13 @@ Choices where the papers leave room (also in docs/methods.md):
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from lth_runner.config.schema import LTHConfig
-from lth_runner.errors import ConfigError
+from lth_runner.errors import ConfigError, UserError
 from lth_runner.methods.controls import ControlStart, train_controls
 from lth_runner.session import RunContext
 from lth_runner.sparse import (
@@ -38,6 +39,7 @@ from lth_runner.sparse import (
     remaining_fraction,
     round_densities,
 )
+from lth_runner.sparse.mask import resolve_mask
 from lth_runner.sparse.prunable import unwrap
 from lth_runner.summary import Summary, round_summary
 from lth_runner.training.trainer import Stage, StageResult
@@ -91,27 +93,40 @@ def iterative_magnitude_pruning(run: RunContext, *, one_shot: bool) -> Summary:
     enforcer = MaskEnforcer(params, mask)
     run.log_start(total, densities=densities)
 
-    keep_best = method.prune_from == "best_val"
-    hooks = [RewindCapture(run, method.rewind_to, method.rewind_unit)] if method.rewind_to > 0 else []
-    dense = run.train(
-        Stage("round00/dense", 0, "dense", epochs), model, enforcer, hooks, keep_weights=True, keep_best_state=keep_best
-    )
-    results: list[StageResult] = [dense]
-    rounds = [round_summary(0, total, total, dense)]
-    details = {"planned_densities": densities}
+    given = _given_mask(run, params) if method.mask is not None else None
+    details: dict[str, Any] = {"planned_densities": densities}
+    results: list[StageResult] = []
+    rounds = []
 
     def summarise(ticket: StageResult, kept: int, index: int, controls: dict, complete: bool) -> Summary:
         return run.write_summary(total, results=results, final=ticket, kept=kept, round_index=index, rounds=rounds,
                                  controls=controls, details=details, complete=complete)  # fmt: skip
 
-    summary = summarise(dense, total, 0, {}, complete=not densities)
+    keep_best = method.prune_from == "best_val"
+    previous_key = None
+    if given is None or method.rewind_to > 0:  # a given mask rewound to the initialisation needs no dense stage
+        hooks = [RewindCapture(run, method.rewind_to, method.rewind_unit)] if method.rewind_to > 0 else []
+        dense = run.train(
+            Stage("round00/dense", 0, "dense", epochs), model, enforcer, hooks, keep_weights=True,
+            keep_best_state=keep_best,
+        )  # fmt: skip
+        results.append(dense)
+        rounds.append(round_summary(0, total, total, dense))
+        summary = summarise(dense, total, 0, {}, complete=not densities)
+        previous_key = dense.key
+    if given is not None:
+        details["given_mask"] = str(given[0])
+        densities = [given[1].density()]
     start = _rewind_point(run, method, init_state)
-    previous_key = dense.key
     control_rounds = set(range(1, len(densities) + 1)) if method.control_rounds == "all" else {len(densities)}
     for round_index, density in enumerate(densities, start=1):
-        prune = functools.partial(_prune, run, model, params, previous_key, mask, density, round_index)
+        if given is not None:
+            prune = functools.partial(lambda m: m, given[1])
+        else:
+            prune = functools.partial(_prune, run, model, params, previous_key, mask, density, round_index)
         mask = run.mask(f"round_{round_index:02d}", prune, round=round_index)
-        run.release_weights(previous_key)
+        if previous_key is not None:
+            run.release_weights(previous_key)
 
         unwrap(model).load_state_dict(start.state)
         enforcer.set_mask(mask)
@@ -134,6 +149,18 @@ def iterative_magnitude_pruning(run: RunContext, *, one_shot: bool) -> Summary:
         previous_key = ticket_key
         summary = summarise(ticket, mask.num_kept(), round_index, controls, complete=round_index == len(densities))
     return summary
+
+
+def _given_mask(run: RunContext, params: dict[str, torch.nn.Parameter]) -> tuple[Path, Mask]:
+    """``method.mask``: a saved mask from any method, checked against the tensors this run prunes."""
+    method = run.cfg.method
+    path, mask = resolve_mask(method.mask, method.mask_name)
+    if mask.names() != list(params) or any(tuple(mask[n].shape) != tuple(p.shape) for n, p in params.items()):
+        raise UserError(
+            f"method.mask: {path} covers {', '.join(mask.names())}, this run prunes {', '.join(params)} "
+            f"(another model, or other sparsity exclusions)"
+        )
+    return path, mask.to(next(iter(params.values())).device)
 
 
 def _prune(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from lth_runner.errors import UserError
 from lth_runner.sparse.schedule import kept_count
 from lth_runner.utils.io import save_torch_atomic
 
@@ -172,3 +173,33 @@ class Mask:
 
     def __repr__(self) -> str:
         return f"Mask({len(self)} tensors, density={self.density():.4f})"
+
+
+def resolve_mask(spec: str | Path, name: str | None = None) -> tuple[Path, Mask]:
+    """The mask that ``spec`` names: a mask file, or a run directory (its mask ``name``; by default its final one:
+    the last ``round_XX``, else the single other mask it holds). One-line errors otherwise."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        folder = path / "masks" if (path / "masks").is_dir() else path
+        files = sorted(folder.glob("*.pt"))
+        if name is not None:
+            chosen = folder / f"{name}.pt"
+            if not chosen.is_file():
+                raise UserError(f"{path}: no mask {name!r} (it holds: {', '.join(f.stem for f in files) or 'none'})")
+        else:
+            rounds = [f for f in files if f.stem.startswith("round_") and f.stem[6:].isdigit()]
+            others = [f for f in files if f not in rounds and "random" not in f.stem and "unimportant" not in f.stem]
+            if rounds:
+                chosen = rounds[-1]
+            elif len(others) == 1:
+                chosen = others[0]
+            else:
+                listed = ", ".join(f.stem for f in files) or "none"
+                raise UserError(f"{path}: say which mask with --name (it holds: {listed})")
+        path = chosen
+    if not path.is_file():
+        raise UserError(f"{spec}: no such mask file or run directory")
+    try:
+        return path, Mask.load(path)
+    except (ValueError, RuntimeError, OSError) as err:
+        raise UserError(f"{path}: not a mask file of lth_runner ({str(err).splitlines()[0]})") from None
