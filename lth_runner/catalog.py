@@ -86,6 +86,7 @@ _METHODS = {
     "prune_at_init": ("prune_at_init:prune_at_init", s.PruneAtInitConfig, False),
     "edge_popup": ("mask_search:edge_popup", s.MaskSearchConfig, False),
     "sr_popup": ("mask_search:sr_popup", s.MaskSearchConfig, False),
+    "slt_eps": ("slt_eps:slt_eps", s.SLTEpsConfig, False),
 }
 for _name, (_target, _config, _penalised) in _METHODS.items():
     METHODS.declare(_name, f"lth_runner.methods.{_target}", config=_config, uses_regularizer=_penalised)

@@ -207,3 +207,28 @@ def test_a_found_mask_retrains_under_lth_and_prune_at_init_ranks_the_initial_wei
         and snip_mask != expected
         and snip.final.kept == kept_count(sum(LAYERS.values()), 0.2)
     )
+
+
+def test_slt_eps_stays_in_the_epsilon_box_and_keeps_the_mask_with_the_lowest_validation_loss(tmp_path, data_root):
+    from lth_runner.methods.slt_eps import radii
+
+    overrides = ["method=slt_eps", "method.eps=0.02", "method.sparsities=[0.3,0.7]", "trainer.keep_round_weights=true"]
+    summary = run_experiment(config(data_root, *overrides), tmp_path).to_dict()
+    cfg = config(data_root, *overrides)
+    init = build_model(cfg.model, (40,), 10, seed=derive_seed(cfg.seed, "model", "init")).state_dict()
+    pgd = torch.load(tmp_path / "checkpoints" / "pgd_dense.final.pt", weights_only=True)
+    moved = [n for n in LAYERS if not torch.equal(pgd[n], init[n])]
+    assert moved == list(LAYERS)  # PGD moved every prunable weight ...
+    assert all((pgd[n] - init[n]).abs().max() <= 0.02 + 1e-6 for n in LAYERS)  # ... never out of the box
+    assert all(torch.equal(pgd[n], init[n]) for n in ("fc1.bias", "fc2.bias", "fc3.bias"))  # perturb=prunable
+    section = summary["details"]["slt"]
+    rows = {row["sparsity"]: row for row in section["grid"]}
+    assert sorted(rows) == [0.0, 0.3, 0.7]
+    assert section["best_sparsity"] == min((0.3, 0.7), key=lambda s: rows[s]["val_loss"])
+    assert Mask.load(tmp_path / "masks" / "best.pt") == Mask.load(
+        tmp_path / "masks" / f"s{round(100 * section['best_sparsity']):02d}.pt"
+    )
+    searched = torch.load(tmp_path / "checkpoints" / "popup_s70.final.pt", weights_only=True)
+    assert all(torch.equal(searched[f"model.{n}"], pgd[n]) for n in LAYERS)  # the search froze W_T
+    weights = {"a": torch.tensor([1.0, -1.0, 1.0, -1.0]), "b": torch.tensor([2.0])}
+    assert radii(weights, 0.1, "relative_std") == {"a": pytest.approx(0.1 * 1.1547005), "b": 0.1}

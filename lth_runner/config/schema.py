@@ -390,6 +390,36 @@ class MaskSearchConfig(MethodConfig):
             raise ConfigError("method.weight_init", self.weight_init, "model when method.pretrained is set")
 
 
+@dataclass
+class SLTEpsConfig(MaskSearchConfig):
+    """Strong lottery tickets with epsilon-perturbation (Xiong, Liao & Kyrillidis, AISTATS 2023; paper 003, Alg. 1):
+    projected gradient descent inside an l-infinity ball around the initialisation, then edge-popup on the
+    perturbed, frozen weights for every sparsity of a list, keeping the mask with the best validation figure."""
+
+    eps: float = option(0.01, ge=0.0, help="radius of the l-infinity ball around the initial weights")
+    eps_mode: str = option(
+        "absolute", choices=("absolute", "relative_std"), help="eps as is, or times each layer's initial std"
+    )
+    pgd_epochs: int | None = option(None, ge=1, help="epochs of projected gradient descent (null: trainer.epochs)")
+    pgd_lr: float | None = option(None, gt=0.0, help="learning rate of the PGD phase (null: optim.lr)")
+    pgd_momentum: float = option(0.0, ge=0.0, lt=1.0, help="momentum of the PGD phase (Alg. 1 has none)")
+    perturb: str = option("prunable", choices=("prunable", "all"), help="which parameters PGD moves")
+    sparsities: list[float] = option(
+        factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+        items=dict(gt=0.0, lt=1.0),
+        help="pruned fractions searched by edge-popup (Alg. 1 line 5)",
+    )
+    select_by: str = option(
+        "val_loss", choices=("val_loss", "val_acc", "train_loss"), help="which sparsity's mask is kept (never test)"
+    )
+
+    def check(self, run: RunConfig) -> None:
+        if not self.sparsities:
+            raise ConfigError("method.sparsities", [], "at least one sparsity in (0, 1)")
+        if self.select_by.startswith("val") and run.dataset.val_size == 0:
+            raise ConfigError("method.select_by", self.select_by, "train_loss when dataset.val_size=0")
+
+
 def _registered(registry: str) -> list[str]:
     from lth_runner import catalog
 

@@ -135,7 +135,13 @@ class RestrictedSwap:
             self.fraction = lambda t: schedule(t, self.total, cfg, steps_per_epoch=steps_per_epoch)
         else:
             self.fraction = lambda t: schedule(t, self.total, cfg)
-        self.swaps = 0
+        # counted in the wrapper's state, so checkpoints and the saved search weights carry it
+        if not hasattr(wrapper, "swaps"):
+            wrapper.register_buffer("swaps", torch.zeros((), dtype=torch.long))
+
+    @property
+    def swaps(self) -> int:
+        return int(self.wrapper.swaps)
 
     def after_step(self, trainer: Any) -> None:
         fraction = self.fraction(trainer.step - trainer.stage.start_step)
@@ -143,14 +149,8 @@ class RestrictedSwap:
         new = {}
         for name in self.wrapper.names:
             new[name], q, _ = restricted_swap(ranked[name], self.wrapper.keep(name), fraction)
-            self.swaps += q
+            self.wrapper.swaps += q
         self.wrapper.set_keep(new)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"swaps": self.swaps}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.swaps = int(state["swaps"])
 
 
 # ------------------------------------------------------------------------------------------------ budgets
@@ -234,44 +234,11 @@ def search(run: RunContext, *, rank_by: str) -> Summary:
     start = run.evaluate(model, "start/evaluate", 0)
     rounds = [round_summary(0, total, total, start)]
 
-    kept = layer_budget(params, density, method.layer_budget)
-    magnitude = select_with_budget({n: p.detach().abs() for n, p in params.items()}, kept)
-    scores, first = _initial_scores(run, model, params, kept, rank_by)
-    wrapper = ScoreMaskedModel(
-        model, scores, kept, rank_by=rank_by, train=tuple(method.train), bn_stats=method.bn_stats
-    )
-    if first is not None:
-        wrapper.set_keep(first)
-    section: dict[str, Any] = {
-        **source,
-        "rank_by": rank_by,
-        "score_init": method.score_init,
-        "layer_budget": method.layer_budget,
-        "layer_kept": kept if isinstance(kept, dict) else {n: int(m.sum()) for n, m in wrapper.mask().items()},
-        "search_epochs": epochs,
-        "swap_schedule": method.swap_schedule if rank_by == "value" else None,
-        "overlap_with_magnitude": {"start": wrapper.mask().kept_overlap(magnitude)},
-    }
-    steps = epochs * run.data.num_train_batches()
-    hook: Any = (
-        RestrictedSwap(wrapper, method, steps, run.data.num_train_batches())
-        if rank_by == "value"
-        else ReselectTopK(wrapper)
-    )
-    found = run.train(
-        Stage(SEARCH_KEY, 1, "search", epochs, density=wrapper.mask().density()),
-        wrapper,
-        None,
-        [hook],
-        keep_weights=True,
+    found, mask, wrapper, section = popup(
+        run, model, params, density, key=SEARCH_KEY, round_index=1, mask_name=MASK_NAME, rank_by=rank_by, epochs=epochs
     )
     results.append(found)
-    mask = run.mask(MASK_NAME, wrapper.mask, round=1, searched=True)
-    if isinstance(kept, int):  # a global count: the budget per layer is what the search chose
-        magnitude = select_with_budget({n: p.detach().abs() for n, p in params.items()}, kept)
-    section["overlap_with_magnitude"]["end"] = mask.kept_overlap(magnitude)
-    if rank_by == "value":
-        section["swaps"] = getattr(hook, "swaps", None)
+    section = {**source, **section}
 
     final = found
     enforcer = MaskEnforcer(params, mask)
@@ -293,6 +260,61 @@ def search(run: RunContext, *, rank_by: str) -> Summary:
     rounds.append(round_summary(1, mask.num_kept(), total, final, controls))
     return run.write_summary(total, results=results, final=final, kept=mask.num_kept(), round_index=1,
                              rounds=rounds, controls=controls, details={"search": section}, complete=True)  # fmt: skip
+
+
+def popup(
+    run: RunContext,
+    model: nn.Module,
+    params: Mapping[str, nn.Parameter],
+    density: float,
+    *,
+    key: str,
+    round_index: int,
+    mask_name: str,
+    rank_by: str,
+    epochs: int,
+) -> tuple[StageResult, Mask, ScoreMaskedModel, dict[str, Any]]:
+    """One mask search on ``model``'s frozen weights at ``density``: budgets, initial scores, the score-masked
+    stage ``key`` (edge-popup's re-selection or SR-popup's restriction after every step), the saved mask
+    ``mask_name`` and what to report about it."""
+    method = run.cfg.method
+    kept = layer_budget(params, density, method.layer_budget)
+    magnitude = select_with_budget({n: p.detach().abs() for n, p in params.items()}, kept)
+    scores, first = _initial_scores(run, model, params, kept, rank_by)
+    wrapper = ScoreMaskedModel(
+        model, scores, kept, rank_by=rank_by, train=tuple(method.train), bn_stats=method.bn_stats
+    )
+    if first is not None:
+        wrapper.set_keep(first)
+    section: dict[str, Any] = {
+        "rank_by": rank_by,
+        "score_init": method.score_init,
+        "layer_budget": method.layer_budget,
+        "search_epochs": epochs,
+        "swap_schedule": method.swap_schedule if rank_by == "value" else None,
+        "overlap_with_magnitude": {"start": wrapper.mask().kept_overlap(magnitude)},
+    }
+    steps_per_epoch = run.data.num_train_batches()
+    hook: Any = (
+        RestrictedSwap(wrapper, method, epochs * steps_per_epoch, steps_per_epoch)
+        if rank_by == "value"
+        else ReselectTopK(wrapper)
+    )
+    found = run.train(
+        Stage(key, round_index, "search", epochs, density=wrapper.mask().density()),
+        wrapper,
+        None,
+        [hook],
+        keep_weights=True,
+    )
+    mask = run.mask(mask_name, wrapper.mask, round=round_index, searched=True)
+    if isinstance(kept, int):  # a global count: compare with magnitude at the per-layer counts the search chose
+        magnitude = select_with_budget({n: p.detach().abs() for n, p in params.items()}, mask.layer_kept())
+    section["layer_kept"] = mask.layer_kept()
+    section["overlap_with_magnitude"]["end"] = mask.kept_overlap(magnitude)
+    if rank_by == "value":
+        section["swaps"] = hook.swaps
+    return found, mask, wrapper, section
 
 
 def _initial_scores(
