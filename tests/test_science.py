@@ -72,3 +72,34 @@ def test_imp_winning_tickets_on_real_mnist(tmp_path):
     assert statistics.mean(ticket) >= statistics.mean(dense) - 0.01
     assert all(t > r for t, r in zip(ticket, reinit))
     assert statistics.mean(ticket) - statistics.mean(reinit) >= 0.01
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:MNIST. only the 10k test files")
+def test_magnitude_initialised_search_beats_edge_popup_from_random_scores_at_equal_epochs(tmp_path):
+    """Lottery Jackpots' claim (paper 004, Table 7 and Sec. 3.2) at small scale: on a pre-trained LeNet-300-100
+    (real MNIST 8k/2k, 10 epochs, SGD 0.1 momentum 0.9 cosine, wd 5e-4), at 95% sparsity with the same per-layer
+    budgets (one global magnitude threshold, classifier dense) and one search epoch, SR-popup (magnitude-
+    initialised relaxed mask with the restriction) beats edge-popup from Kaiming-uniform scores in every seed, and
+    its mask stays close to the magnitude mask while edge-popup's does not."""
+    recipe = [
+        "model=lenet_300_100", "dataset=mnist", f"dataset.root={REAL_MNIST}", "optim.lr=0.1", "optim.momentum=0.9",
+        "optim.scheduler.name=cosine", "optim.weight_decay=5e-4", "trainer.epochs=10", "sparsity=95",
+        "method.search_epochs=1", "method.pretrained=auto", "method.layer_budget=global_magnitude",
+        "method.dense_classifier=true", "logger.console=none", "logger.plots=false", "trainer.num_threads=1",
+        f"paths.data_root={tmp_path / 'data'}",
+    ]  # fmt: skip
+    accuracy: dict[str, list[float]] = {"edge_popup": [], "sr_popup": []}
+    overlap: dict[str, list[float]] = {"edge_popup": [], "sr_popup": []}
+    for seed in (0, 1, 2):
+        for method in accuracy:
+            cfg = build_run_config(compose_config([*recipe, f"method={method}", f"seed={seed}"]))
+            summary = run_experiment(cfg, tmp_path / f"{method}-{seed}").to_dict()
+            accuracy[method].append(100 * summary["final"]["test_acc"])
+            overlap[method].append(summary["details"]["search"]["overlap_with_magnitude"]["end"])
+    print(accuracy, overlap)
+    # SR-popup - edge-popup per seed, measured (seeds 0-2): +5.15, +4.30, +2.50 points (93.25/93.65/93.30 against
+    # 88.10/89.35/90.80); at 3 search epochs the margins shrink to +2.85, +1.85, +0.90 (docs/results.md)
+    assert all(s - e >= 1.0 for s, e in zip(accuracy["sr_popup"], accuracy["edge_popup"]))
+    # overlap with the magnitude mask, measured: SR-popup 0.966-0.974, edge-popup 0.162-0.170
+    assert min(overlap["sr_popup"]) >= 0.93 and max(overlap["edge_popup"]) <= 0.3

@@ -294,6 +294,8 @@ def popup(
         "swap_schedule": method.swap_schedule if rank_by == "value" else None,
         "overlap_with_magnitude": {"start": wrapper.mask().kept_overlap(magnitude)},
     }
+    start = run.evaluate(wrapper, f"{key}/start", round_index, density=wrapper.mask().density())
+    section["start"] = {"val_acc": start.best_val_acc, "test_acc": start.test_acc}  # the first mask, unsearched
     steps_per_epoch = run.data.num_train_batches()
     hook: Any = (
         RestrictedSwap(wrapper, method, epochs * steps_per_epoch, steps_per_epoch)
