@@ -91,3 +91,48 @@ def test_cpu_siblings_keep_the_recipe_and_run(sibling, tmp_path):
     assert summary["status"] == "complete"
     assert abs(summary["final"]["density"] - (1 - cfg.sparsity.target)) < 0.01
     assert summary["final"]["test_acc"] is not None and summary["cost"]["epochs_total"] > 0
+
+
+# ---------------------------------------------------------------------------- mask search (papers 003 and 004)
+SEARCH_PRESETS = {
+    "jackpots/table1_vgg19_cifar10": ["sr_popup", "edge_popup", "prune_at_init", "lth"],
+    "jackpots/table1_resnet32x2_cifar10": ["sr_popup", "edge_popup", "prune_at_init", "lth"],
+    "jackpots/table5_resnet50_imagenet": ["sr_popup", "edge_popup"],
+    "jackpots/lenet_mnist": ["sr_popup", "edge_popup", "prune_at_init", "lth"],
+    "slt_eps/mlp_mnist": ["slt_eps", "edge_popup"],
+}
+SEARCH_SIBLING_RUNS = {
+    "jackpots/table1_vgg19_cifar10_cpu": ["method=sr_popup", "method.search_epochs=1", "method.pretrain_epochs=1"],
+    "jackpots/table1_resnet32x2_cifar10_cpu": ["method=prune_at_init", "method.criterion=grasp"],
+    "jackpots/table5_resnet50_imagenet_cpu": ["method=edge_popup", "method.search_epochs=1"],
+    "jackpots/lenet_mnist_cpu": ["method=sr_popup", "method.search_epochs=1", "trainer.epochs=1"],
+    "slt_eps/mlp_mnist_cpu": ["method=slt_eps", "method.sparsities=[0.5]", "trainer.epochs=1"],
+}
+
+
+def test_every_search_preset_has_a_sibling_that_runs():
+    folders = {p.split("/")[0] for p in SEARCH_PRESETS}
+    found = sorted(
+        f"{folder}/{p.stem}" for folder in folders for p in (REPO / "conf" / "experiment" / folder).glob("*.yaml")
+    )
+    assert found == sorted([*SEARCH_PRESETS, *SEARCH_SIBLING_RUNS])
+    assert sorted(SEARCH_SIBLING_RUNS) == sorted(f"{p}_cpu" for p in SEARCH_PRESETS)
+
+
+@pytest.mark.parametrize("preset", sorted(SEARCH_PRESETS))
+def test_search_presets_compose_for_their_rows(preset):
+    for method in SEARCH_PRESETS[preset]:
+        cfg = build_run_config(compose_config([f"experiment={preset}", f"method={method}"]))
+        assert (cfg.optim.name, cfg.optim.lr, cfg.optim.momentum, cfg.optim.scheduler.name) == (
+            "sgd", 0.1, 0.9, "cosine"
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("sibling", sorted(SEARCH_SIBLING_RUNS))
+@pytest.mark.filterwarnings("ignore:MNIST. only the 10k test files")
+def test_search_cpu_siblings_run(sibling, tmp_path):
+    overrides = [f"experiment={sibling}", *SEARCH_SIBLING_RUNS[sibling], "logger.console=none", "logger.plots=false",
+                 f"paths.data_root={tmp_path / 'data'}"]  # fmt: skip
+    cfg = build_run_config(compose_config(overrides))
+    summary = run_experiment(cfg, tmp_path / "run").to_dict()
+    assert summary["status"] == "complete" and summary["final"]["test_acc"] is not None

@@ -46,7 +46,16 @@ from lth_runner.config.schema import MaskSearchConfig
 from lth_runner.methods.controls import ControlStart, train_controls
 from lth_runner.models import pretrained
 from lth_runner.session import RunContext
-from lth_runner.sparse import CRITERIA, Mask, MaskEnforcer, kept_count, prune_to_density, select_top, unwrap
+from lth_runner.sparse import (
+    CRITERIA,
+    Mask,
+    MaskEnforcer,
+    kept_count,
+    prunable_parameters,
+    prune_to_density,
+    select_top,
+    unwrap,
+)
 from lth_runner.sparse.schedule import remaining_fraction
 from lth_runner.sparse.score_mask import ReselectTopK, ScoreMaskedModel
 from lth_runner.summary import Summary, round_summary
@@ -197,6 +206,17 @@ def kaiming_uniform_scores(weights: Mapping[str, torch.Tensor], generator: torch
     return out
 
 
+def searched_parameters(run: RunContext, model: nn.Module) -> dict[str, nn.Parameter]:
+    """The prunable tensors of the ``sparsity`` group, without the model's classifier when
+    ``method.dense_classifier`` (a classifier that ``sparsity.exclude_last`` already left out is not counted twice)."""
+    params = run.prunable(model)
+    if run.cfg.method.dense_classifier:
+        classifier = list(prunable_parameters(model))[-1]
+        if classifier in params and len(params) > 1:
+            params = {n: p for n, p in params.items() if n != classifier}
+    return params
+
+
 # ------------------------------------------------------------------------------------------------ methods
 def edge_popup(run: RunContext) -> Summary:
     """Edge-popup: the top-k |score| of every layer, scores trained straight through, weights frozen."""
@@ -214,9 +234,7 @@ def search(run: RunContext, *, rank_by: str) -> Summary:
     epochs = method.search_epochs or cfg.trainer.epochs
     density = remaining_fraction(cfg.sparsity.target)
     model = run.new_model("init")
-    params = run.prunable(model)
-    if method.dense_classifier and len(params) > 1:
-        params = dict(list(params.items())[:-1])
+    params = searched_parameters(run, model)
     total = sum(p.numel() for p in params.values())
     init_state = {k: v.detach().clone() for k, v in unwrap(model).state_dict().items()}
     run.log_start(total, densities=[density], rank_by=rank_by)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from lth_runner.config.schema import SLTEpsConfig
-from lth_runner.methods.mask_search import popup
+from lth_runner.methods.mask_search import popup, searched_parameters
 from lth_runner.session import RunContext
 from lth_runner.sparse import unwrap
 from lth_runner.summary import Summary, round_summary
@@ -73,9 +73,7 @@ def slt_eps(run: RunContext) -> Summary:
     cfg, method = run.cfg, run.cfg.method
     assert isinstance(method, SLTEpsConfig)
     model = run.new_model("init")
-    params = run.prunable(model)
-    if method.dense_classifier and len(params) > 1:
-        params = dict(list(params.items())[:-1])
+    params = searched_parameters(run, model)
     total = sum(p.numel() for p in params.values())
     run.log_start(total, densities=[1.0 - s for s in method.sparsities], eps=method.eps)
 
