@@ -232,3 +232,19 @@ def test_slt_eps_stays_in_the_epsilon_box_and_keeps_the_mask_with_the_lowest_val
     assert all(torch.equal(searched[f"model.{n}"], pgd[n]) for n in LAYERS)  # the search froze W_T
     weights = {"a": torch.tensor([1.0, -1.0, 1.0, -1.0]), "b": torch.tensor([2.0])}
     assert radii(weights, 0.1, "relative_std") == {"a": pytest.approx(0.1 * 1.1547005), "b": 0.1}
+
+
+def test_the_report_draws_the_sparsity_by_epsilon_table_of_an_eps_sweep(tmp_path, data_root):
+    from lth_runner.report import build_report
+
+    for eps in ("0", "0.05"):
+        run_experiment(
+            config(data_root, "method=slt_eps", f"method.eps={eps}", "method.sparsities=[0.5]", "trainer.epochs=1"),
+            tmp_path / "sweep" / f"eps{eps}",
+        )
+    report = build_report(tmp_path / "sweep")
+    table = report.markdown.split("Strong tickets with epsilon-perturbation: mlp / mnist1d")[1]
+    header, _, unpruned, pruned, best = table.splitlines()[2:7]
+    assert header == "| s \\ eps | 0 | 0.05 |" and unpruned.startswith("| 0 | ") and pruned.startswith("| 0.5 | ")
+    assert best.split("|")[2:4] == pruned.split("|")[2:4]  # one pruned sparsity: the best is that row
+    assert (tmp_path / "sweep" / "report" / "slt_eps_grid.png").exists()

@@ -3,7 +3,8 @@
 Writes to ``PATH/report`` (or ``--out``): ``table.md`` (per model and dataset, method x target sparsity, mean ± std
 of the test accuracy over seeds, in the style of seed paper 000's Table 1, plus a cost table and the runs that are
 not complete), ``table.csv`` and ``cost.csv``, ``accuracy_vs_epoch.png`` (Fig. 3 style), ``accuracy_vs_sparsity.png``
-and ``regularization_laws.png`` (Fig. 2). Library use::
+and ``regularization_laws.png`` (Fig. 2); for ``method=slt_eps`` sweeps, paper 003's sparsity x epsilon table and
+``slt_eps_grid.png``. Library use::
 
     from lth_runner.report import build_report
     report = build_report("outputs/sweeps/2025-01-01_00-00-00")
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from lth_runner.errors import UserError
 from lth_runner.report.collect import ReportError, RunRecord, collect_runs, dedupe_epochs, started_without_summary
+from lth_runner.report.grid import grid_figure, grid_markdown, slt_grids
 from lth_runner.report.tables import GroupTable, build_tables, report_markdown, write_tables
 
 FORMATS = ("md", "csv")
@@ -73,6 +75,9 @@ def build_report(
     started = [p.relative_to(root).as_posix() or "." for p in started_without_summary(root)]
     tables = build_tables(runs, include_incomplete=include_incomplete)
     markdown = report_markdown(tables, runs, source=str(root), include_incomplete=include_incomplete, started=started)
+    grids = slt_grids(runs)
+    if grids:
+        markdown = markdown.rstrip("\n") + "\n\n" + grid_markdown(grids) + "\n"
     out_dir = Path(out) if out is not None else root / "report"
     report = Report(runs, tables, markdown, out_dir)
     report.written += write_tables(tables, markdown, out_dir, formats)
@@ -81,6 +86,8 @@ def build_report(
 
         shown = [r for r in runs if r.complete or include_incomplete]
         report.written += write_figures(shown, tables, out_dir)
+        drawn = grid_figure(grids, out_dir / "slt_eps_grid.png")
+        report.written += [drawn] if drawn is not None else []
     return report
 
 
