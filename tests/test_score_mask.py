@@ -133,3 +133,41 @@ def test_bad_arguments_name_what_is_accepted():
         ScoreMaskedModel(tiny_linear(), {"weight": torch.ones(2, 3)}, 7)
     with pytest.raises(ValueError, match="not a parameter"):
         ScoreMaskedModel(tiny_linear(), {"fc.weight": torch.ones(2, 3)}, 3)
+
+
+def test_a_timm_model_is_searched_without_model_specific_layers():
+    """Any registered model works: a timm ResNet with BatchNorm, its masked forward equal to the exported network."""
+    model = build_model(ModelConfig(arch="timm", name="resnet10t", kwargs={}), (3, 32, 32), 10, seed=0)
+    weights = prunable_parameters(model)
+    generator = torch.Generator().manual_seed(0)
+    scores = {n: torch.rand(w.shape, generator=generator) for n, w in weights.items()}
+    wrapper = ScoreMaskedModel(model, scores, {n: max(1, w.numel() // 10) for n, w in weights.items()}).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = wrapper(x)
+        assert torch.allclose(wrapper.export()(x), expected, atol=1e-5)
+    assert wrapper.mask().names() == list(weights)
+
+
+def test_the_incremental_threshold_search_is_exact_along_a_random_walk_with_ties():
+    from lth_runner.sparse.select import kth_largest, kth_largest_near, select_top
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(5000, generator=generator)
+    x[:500] = 0.5  # a block of ties at the threshold's neighbourhood
+    k = 2500
+    previous, previous_kth = x.clone(), kth_largest([x], k)
+    for step in range(30):
+        scale = 10.0 ** -(step % 4)  # small and large moves
+        x = x + scale * torch.randn(5000, generator=generator) * (step % 3 != 0)
+        expected = kth_largest([x], k)
+        found = kth_largest_near(x, k, previous, previous_kth)
+        assert found == expected, step
+        previous, previous_kth = x.clone(), found
+    layer = torch.nn.Linear(50, 100, bias=False)
+    wrapper = ScoreMaskedModel(layer, {"weight": torch.rand(100, 50, generator=generator)}, {"weight": 1234})
+    for _ in range(10):
+        with torch.no_grad():
+            wrapper.score("weight").add_(0.01 * torch.randn(100, 50, generator=generator))
+        wrapper.select_top_k()
+        assert torch.equal(wrapper.keep("weight"), select_top({"w": wrapper.ranked()["weight"]}, 1234)["w"])

@@ -30,7 +30,7 @@ from torch import nn
 from torch.func import functional_call
 
 from lth_runner.sparse.mask import Mask
-from lth_runner.sparse.select import select_top
+from lth_runner.sparse.select import kth_largest, kth_largest_near, select_top
 
 RANKINGS = ("abs", "value")
 BN_STATS = ("update", "frozen")
@@ -107,6 +107,7 @@ class ScoreMaskedModel(nn.Module):
                 if not 0 <= kept[name] <= own[name].numel():
                     raise ValueError(f"kept[{name!r}]={kept[name]}: expected 0..{own[name].numel()}")
         self.kept: int | dict[str, int] = kept if isinstance(kept, int) else {n: int(kept[n]) for n in self.names}
+        self._previous: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # last ranked scores and threshold
         self.rank_by, self.bn_stats = rank_by, bn_stats
         self.scores = nn.ParameterDict(
             {_key(n): nn.Parameter(scores[n].detach().clone().to(own[n].device, own[n].dtype)) for n in self.names}
@@ -150,12 +151,26 @@ class ScoreMaskedModel(nn.Module):
 
     @torch.no_grad()
     def select_top_k(self) -> None:
-        """Keep exactly the top ``kept`` ranked scores (per layer, or globally); ties go to the earlier entry."""
+        """Keep exactly the top ``kept`` ranked scores (per layer, or globally); ties go to the earlier entry.
+        Per layer, the threshold search starts from the previous selection's (:func:`kth_largest_near`)."""
         ranked = self.ranked()
         if isinstance(self.kept, int):
             self.set_keep(select_top(ranked, self.kept))
-        else:
-            self.set_keep(Mask({n: select_top({n: ranked[n]}, self.kept[n])[n] for n in self.names}))
+            return
+        masks = {}
+        for name in self.names:
+            k, x = self.kept[name], ranked[name]
+            if k == 0 or k == x.numel():
+                masks[name] = select_top({name: x}, k)[name]
+                continue
+            previous = self._previous.get(name)
+            if previous is None or torch.isnan(x).any():
+                threshold = kth_largest([x], k)
+            else:
+                threshold = kth_largest_near(x, k, *previous)
+            masks[name] = select_top({name: x}, k, threshold=threshold)[name]
+            self._previous[name] = (x.clone(), threshold)
+        self.set_keep(Mask(masks))
 
     def masked_weights(self) -> dict[str, torch.Tensor]:
         """``w * b`` for every scored weight, differentiable to the scores (and to ``w`` when it trains)."""

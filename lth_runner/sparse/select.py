@@ -56,8 +56,32 @@ def _band(flats: list[torch.Tensor], total: int, k: int) -> tuple[torch.Tensor, 
     return low.to(flats[0].dtype), high.to(flats[0].dtype)
 
 
-def select_top(scores: Mapping[str, torch.Tensor], keep: int, alive: Mask | None = None) -> Mask:
-    """Keep exactly ``keep`` of the surviving entries with the highest scores, across all tensors together."""
+def kth_largest_near(x: torch.Tensor, k: int, previous: torch.Tensor, previous_kth: torch.Tensor) -> torch.Tensor:
+    """The ``k``-th largest entry of ``x``, exactly, when an earlier ``previous`` version of ``x`` had
+    ``previous_kth`` as its ``k``-th largest: no entry moved by more than ``d = max |x - previous|``, so neither did
+    any order statistic, and the answer lies in ``[previous_kth - d, previous_kth + d]``. One pass finds the change,
+    one more the entries in that band, and a ``kthvalue`` over the band (usually a small fraction) the answer; a full
+    search is the fallback. Mask search re-selects after every optimizer step, when scores barely move."""
+    flat, before = x.reshape(-1), previous.reshape(-1)
+    total = flat.numel()
+    if not 1 <= k <= total:
+        raise ValueError(f"k={k} outside 1..{total}")
+    change = (flat - before).abs().max()
+    slack = change * (1 + 1e-5) + previous_kth.abs() * 1e-6 + torch.finfo(flat.dtype).tiny
+    low, high = previous_kth - slack, previous_kth + slack
+    above = int((flat > high).sum())
+    band = flat[(flat >= low) & (flat <= high)]
+    rank = k - above
+    if not 1 <= rank <= band.numel():
+        return flat.kthvalue(total - k + 1).values
+    return band.kthvalue(band.numel() - rank + 1).values
+
+
+def select_top(
+    scores: Mapping[str, torch.Tensor], keep: int, alive: Mask | None = None, *, threshold: torch.Tensor | None = None
+) -> Mask:
+    """Keep exactly ``keep`` of the surviving entries with the highest scores, across all tensors together.
+    ``threshold``, when the caller knows it, is the ``keep``-th largest surviving score (not searched again)."""
     names = list(scores)
     ranked: dict[str, torch.Tensor] = {}
     survivors = 0
@@ -78,7 +102,8 @@ def select_top(scores: Mapping[str, torch.Tensor], keep: int, alive: Mask | None
     for name in names:
         if torch.isnan(ranked[name]).any():
             raise ValueError(f"pruning scores of {name} contain NaN (did training diverge?)")
-    threshold = kth_largest([ranked[n] for n in names], keep)
+    if threshold is None:
+        threshold = kth_largest([ranked[n] for n in names], keep)
     masks = {n: ranked[n] >= threshold for n in names}
     surplus = sum(int(m.sum()) for m in masks.values()) - keep
     for name in reversed(names):  # ties at the threshold: the latest entries give way, the earliest are kept
