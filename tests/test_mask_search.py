@@ -24,6 +24,7 @@ from lth_runner.models import build_model
 from lth_runner.session import run_experiment
 from lth_runner.sparse import Mask, kept_count, prune_to_density
 from lth_runner.sparse.score_mask import ScoreMaskedModel
+from lth_runner.utils.io import read_jsonl
 from lth_runner.utils.seeding import derive_seed
 from tests.conftest import run_cli, without_timings
 
@@ -248,3 +249,19 @@ def test_the_report_draws_the_sparsity_by_epsilon_table_of_an_eps_sweep(tmp_path
     assert header == "| s \\ eps | 0 | 0.05 |" and unpruned.startswith("| 0 | ") and pruned.startswith("| 0.5 | ")
     assert best.split("|")[2:4] == pruned.split("|")[2:4]  # one pruned sparsity: the best is that row
     assert (tmp_path / "sweep" / "report" / "slt_eps_grid.png").exists()
+
+
+def test_controls_and_a_fine_tune_train_the_weights_after_the_search(tmp_path, data_root):
+    """The search freezes the weights; afterwards they train again (a frozen network's loss would not move)."""
+    summary = run_experiment(
+        config(data_root, "method=edge_popup", "method.finetune_epochs=2", "method.controls=[reinit,random_prune]"),
+        tmp_path,
+    )
+    assert set(summary.final.controls) == {"reinit", "random_prune"}
+    losses: dict[str, list[float]] = {}
+    for record in read_jsonl(tmp_path / "metrics.jsonl"):
+        if record["event"] == "epoch":
+            losses.setdefault(record["key"], []).append(record["train_loss"])
+    trained = [k for k in losses if k != "search/scores"]
+    assert "finetune/ticket" in trained and len(trained) == 3
+    assert all(losses[k][-1] < losses[k][0] for k in trained), losses

@@ -236,8 +236,10 @@ def search(run: RunContext, *, rank_by: str) -> Summary:
     model = run.new_model("init")
     params = searched_parameters(run, model)
     total = sum(p.numel() for p in params.values())
-    init_state = {k: v.detach().clone() for k, v in unwrap(model).state_dict().items()}
     run.log_start(total, densities=[density], rank_by=rank_by)
+    if method.pretrained is None and method.weight_init != "model":
+        reinitialise(params, method.weight_init, run.generator("weight_init"))
+    init_state = {k: v.detach().clone() for k, v in unwrap(model).state_dict().items()}  # the controls' start
 
     results: list[StageResult] = []
     source: dict[str, Any] = {"source": "initialisation", "weight_init": method.weight_init}
@@ -247,8 +249,6 @@ def search(run: RunContext, *, rank_by: str) -> Summary:
         if got.stage is not None:
             results.append(got.stage)
         run.message(f"{method.name}: searching the weights from {got.source} ({got.kind})")
-    elif method.weight_init != "model":
-        reinitialise(params, method.weight_init, run.generator("weight_init"))
     start = run.evaluate(model, "start/evaluate", 0)
     rounds = [round_summary(0, total, total, start)]
 
@@ -260,10 +260,9 @@ def search(run: RunContext, *, rank_by: str) -> Summary:
 
     final = found
     enforcer = MaskEnforcer(params, mask)
+    wrapper.release()  # the search is over: the fine-tune and the controls train weights
     if method.finetune_epochs > 0:
         wrapper.export()
-        for p in unwrap(model).parameters():
-            p.requires_grad_(True)
         final = run.train(
             Stage(FINETUNE_KEY, 1, "ticket", method.finetune_epochs, density=mask.density()), model, enforcer
         )

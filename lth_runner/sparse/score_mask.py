@@ -120,6 +120,7 @@ class ScoreMaskedModel(nn.Module):
             if isinstance(module, _NORMS)
             for p in ("weight", "bias")
         }
+        self._requires_grad = {name: param.requires_grad for name, param in own.items()}
         for name, param in own.items():
             if name in scores:
                 param.requires_grad_("weights" in train)
@@ -192,13 +193,20 @@ class ScoreMaskedModel(nn.Module):
                     module.eval()
         return self
 
+    def release(self) -> nn.Module:
+        """The wrapped model with its parameters' ``requires_grad`` as they were before wrapping (to train it)."""
+        for name, param in self.model.named_parameters():
+            param.requires_grad_(self._requires_grad.get(name, True))
+        return self.model
+
     @torch.no_grad()
     def export(self) -> nn.Module:
-        """The wrapped model with ``w * b`` written into its weights (a plain sparse network, e.g. to retrain)."""
+        """The wrapped model with ``w * b`` written into its weights (a plain sparse network, e.g. to retrain),
+        its parameters trainable again as before wrapping."""
         own = dict(self.model.named_parameters())
         for name in self.names:
             own[name].mul_(self.keep(name).to(own[name].dtype))
-        return self.model
+        return self.release()
 
 
 class ReselectTopK:
