@@ -97,10 +97,11 @@ def sparsity_label(pct: float) -> str:
 
 
 def build_tables(runs: Iterable[RunRecord], *, include_incomplete: bool = False) -> list[GroupTable]:
-    """One table per (model, dataset), in order of first appearance; runs without a target sparsity are skipped."""
+    """One table per (model, dataset), in order of first appearance; runs without a target sparsity are skipped,
+    and so are slt_eps runs, which search a list of sparsities (their own table: :mod:`lth_runner.report.grid`)."""
     tables: dict[tuple[str, str], GroupTable] = {}
     for run in runs:
-        if (not run.complete and not include_incomplete) or run.sparsity_pct is None:
+        if (not run.complete and not include_incomplete) or run.sparsity_pct is None or "slt" in run.summary.details:
             continue
         table = tables.setdefault((run.model, run.dataset), GroupTable(run.model, run.dataset, [], []))
         table.cells.setdefault((run.label, run.sparsity_pct), Cell([])).runs.append(run)
