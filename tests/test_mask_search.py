@@ -265,3 +265,39 @@ def test_controls_and_a_fine_tune_train_the_weights_after_the_search(tmp_path, d
     trained = [k for k in losses if k != "search/scores"]
     assert "finetune/ticket" in trained and len(trained) == 3
     assert all(losses[k][-1] < losses[k][0] for k in trained), losses
+
+
+@pytest.mark.parametrize("budget", ["uniform", "global", "global_magnitude"])
+def test_every_budget_keeps_its_exact_count(tmp_path, data_root, budget):
+    summary = run_experiment(config(data_root, "method=edge_popup", f"method.layer_budget={budget}"), tmp_path)
+    mask = Mask.load(tmp_path / "masks" / "search.pt")
+    if budget == "uniform":
+        assert mask.layer_kept() == {n: kept_count(c, 0.2) for n, c in LAYERS.items()}
+    else:
+        assert mask.num_kept() == kept_count(sum(LAYERS.values()), 0.2) == summary.final.kept
+    if budget == "global_magnitude":
+        assert mask.layer_kept() == summary.details["search"]["layer_kept"]
+
+
+def test_the_papers_weight_distributions_for_a_search_from_scratch():
+    from lth_runner.methods.mask_search import reinitialise
+
+    weights = {"w": torch.nn.Parameter(torch.zeros(64, 50))}
+    reinitialise(weights, "signed_constant", torch.Generator().manual_seed(0))
+    values = weights["w"].detach().unique()
+    assert torch.allclose(values, torch.tensor([-math.sqrt(2 / 50), math.sqrt(2 / 50)]))
+    assert abs(float((weights["w"] > 0).float().mean()) - 0.5) < 0.05  # random signs
+    reinitialise(weights, "kaiming_normal", torch.Generator().manual_seed(0))
+    assert abs(float(weights["w"].detach().std()) - math.sqrt(2 / 50)) < 0.01
+
+
+def test_timm_weights_offline_fail_in_one_line_naming_the_alternatives(tmp_path, data_root):
+    result = run_cli(
+        "method=sr_popup", "model=timm", "model.name=resnet10t", "dataset=synthetic", "dataset.shape=[3,32,32]",
+        "method.pretrained=timm:resnet10t", "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'run'}",
+        data_root=data_root, env={"HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    lines = [line for line in result.stderr.splitlines() if line.startswith("lth-run: error:")]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert "method.pretrained=timm:resnet10t" in lines[0] and "method.pretrained=auto" in lines[0]
+    assert "Traceback" not in result.stderr
