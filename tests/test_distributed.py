@@ -173,3 +173,17 @@ def test_the_preemption_signal_saves_the_exact_step_and_the_rerun_finishes_ident
         return records
 
     assert epochs("run") == epochs("reference")  # including the train loss of the epoch that was cut in two
+
+
+def test_a_mask_search_on_two_processes_finds_what_one_process_finds(tmp_path, data_root):
+    """SR-popup under DDP: the scores' gradients are averaged, every rank swaps the same entries, and the result
+    matches one process with the same global batch (measured: the same mask, the same accuracies)."""
+    search = [*COMMON, "method=sr_popup", "method.pretrain_epochs=2", "trainer.epochs=2"]
+    one = run_cli(*search, f"hydra.run.dir={tmp_path / 'one'}", data_root=data_root)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = torchrun(*search, f"hydra.run.dir={tmp_path / 'two'}", data_root=data_root)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = (Mask.load(tmp_path / d / "masks" / "search.pt") for d in ("one", "two"))
+    assert a.kept_overlap(b) >= 0.99
+    single, double = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("one", "two"))
+    assert abs(single["final"]["test_acc"] - double["final"]["test_acc"]) <= 0.01
