@@ -301,3 +301,14 @@ def test_timm_weights_offline_fail_in_one_line_naming_the_alternatives(tmp_path,
     assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
     assert "method.pretrained=timm:resnet10t" in lines[0] and "method.pretrained=auto" in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_slt_eps_trains_its_controls_at_the_best_mask(tmp_path, data_root):
+    summary = run_experiment(
+        config(data_root, "method=slt_eps", "method.sparsities=[0.3,0.7]", "method.controls=[reinit]"), tmp_path
+    )
+    best_round = [0.3, 0.7].index(summary.details["slt"]["best_sparsity"]) + 1
+    assert summary.final.controls["reinit"].test_acc is not None
+    assert (
+        set(summary.rounds[best_round].controls) == {"reinit"} and summary.rounds[best_round].kept == summary.final.kept
+    )

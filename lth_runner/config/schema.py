@@ -416,10 +416,6 @@ class SLTEpsConfig(MaskSearchConfig):
     def check(self, run: RunConfig) -> None:
         if not self.sparsities:
             raise ConfigError("method.sparsities", [], "at least one sparsity in (0, 1)")
-        if self.controls:
-            raise ConfigError(
-                "method.controls", self.controls, "[] with method=slt_eps (its masks search fixed weights)"
-            )
         if self.finetune_epochs:
             raise ConfigError("method.finetune_epochs", self.finetune_epochs, "0 with method=slt_eps")
         if self.select_by.startswith("val") and run.dataset.val_size == 0:

@@ -75,3 +75,26 @@ def train_controls(
         results[name] = run.train(stage, model, enforcer)
     enforcer.set_mask(mask)
     return results
+
+
+def controls_from_init(
+    run: Any,
+    *,
+    round_index: int,
+    mask: Mask,
+    model: nn.Module,
+    enforcer: MaskEnforcer,
+    init_state: dict[str, torch.Tensor],
+    results: list[StageResult],
+) -> dict[str, StageResult]:
+    """The run's ``method.controls`` at its final ``mask``, from the initialisation (step 0), for the methods that
+    deliver one mask; their results are appended to ``results``. Nothing when no control is asked for."""
+    names = run.cfg.method.controls
+    if not names:
+        return {}
+    controls = train_controls(
+        run, names, round_index=round_index, mask=mask, model=model, enforcer=enforcer,
+        start=ControlStart(init_state, 0),
+    )  # fmt: skip
+    results.extend(controls.values())
+    return controls

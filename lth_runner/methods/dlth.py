@@ -70,7 +70,7 @@ import torch
 from lth_runner import distributed
 from lth_runner.config.schema import DLTHConfig, OptimConfig, RegularizerConfig
 from lth_runner.errors import ConfigError
-from lth_runner.methods.controls import ControlStart, train_controls
+from lth_runner.methods.controls import controls_from_init
 from lth_runner.session import RunContext
 from lth_runner.sparse import Mask, MaskEnforcer, remaining_fraction, round_counts, round_densities
 from lth_runner.sparse.prunable import unwrap
@@ -373,12 +373,11 @@ def random_sparse_transformation(run: RunContext, *, iterative: bool) -> Summary
             enforcer.apply_to_weights()
             last = run.evaluate(model, names.finetune, names.round, density=mask.density())
         controls = {}
-        if final_cycle and method.controls:
-            start = ControlStart(init_state, 0)
-            controls = train_controls(
-                run, method.controls, round_index=names.round, mask=mask, model=model, enforcer=enforcer, start=start
-            )
-            results.extend(controls.values())
+        if final_cycle:
+            controls = controls_from_init(
+                run, round_index=names.round, mask=mask, model=model, enforcer=enforcer, init_state=init_state,
+                results=results,
+            )  # fmt: skip
         rounds.append(round_summary(names.round, mask.num_kept(), total, last, controls))
         section["per_cycle"].append(
             {

@@ -63,7 +63,7 @@ from torch import nn
 
 from lth_runner.config.schema import EarlyBirdConfig
 from lth_runner.errors import ConfigError
-from lth_runner.methods.controls import ControlStart, train_controls
+from lth_runner.methods.controls import controls_from_init
 from lth_runner.session import RunContext
 from lth_runner.sparse import CRITERIA, Mask, MaskEnforcer, ScoreContext, kept_count, prune_to_density, select_top
 from lth_runner.sparse.prunable import PRUNABLE_LAYERS, unwrap
@@ -430,13 +430,9 @@ def early_bird(run: RunContext) -> Summary:
     retrain = run.train(Stage(RETRAIN_KEY, 1, "ticket", retrain_epochs, density=mask.density()), model, enforcer, extra)
     results.append(retrain)
     run.release_weights(SEARCH_KEY)
-    controls = {}
-    if method.controls:
-        controls = train_controls(
-            run, method.controls, round_index=1, mask=mask, model=model, enforcer=enforcer,
-            start=ControlStart(init_state, 0),
-        )  # fmt: skip
-        results.extend(controls.values())
+    controls = controls_from_init(
+        run, round_index=1, mask=mask, model=model, enforcer=enforcer, init_state=init_state, results=results
+    )
     rounds.append(round_summary(1, mask.num_kept(), total, retrain, controls))
     return summarise(retrain, mask.num_kept(), 1, controls, complete=True)
 

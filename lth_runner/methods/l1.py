@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from lth_runner.config.schema import L1Config
-from lth_runner.methods.controls import ControlStart, train_controls
+from lth_runner.methods.controls import controls_from_init
 from lth_runner.models import pretrained
 from lth_runner.models.pretrained import PRETRAIN_KEY
 from lth_runner.session import RunContext
@@ -166,13 +166,9 @@ def l1(run: RunContext) -> Summary:
         results.append(final)
     else:  # nothing fine-tuned: the pruned network is what is delivered
         final = pruned
-    controls = {}
-    if method.controls:
-        start = ControlStart(init_state, 0)
-        controls = train_controls(
-            run, method.controls, round_index=1, mask=mask, model=model, enforcer=enforcer, start=start
-        )
-        results.extend(controls.values())
+    controls = controls_from_init(
+        run, round_index=1, mask=mask, model=model, enforcer=enforcer, init_state=init_state, results=results
+    )
     rounds.append(round_summary(1, mask.num_kept(), total, final, controls))
     return run.write_summary(total, results=results, final=final, kept=mask.num_kept(), round_index=1,
                              rounds=rounds, controls=controls, details={"l1": section}, complete=True)  # fmt: skip

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from lth_runner.config.schema import MaskSearchConfig
-from lth_runner.methods.controls import ControlStart, train_controls
+from lth_runner.methods.controls import controls_from_init
 from lth_runner.models import pretrained
 from lth_runner.session import RunContext
 from lth_runner.sparse import (
@@ -267,13 +267,9 @@ def search(run: RunContext, *, rank_by: str) -> Summary:
             Stage(FINETUNE_KEY, 1, "ticket", method.finetune_epochs, density=mask.density()), model, enforcer
         )
         results.append(final)
-    controls = {}
-    if method.controls:
-        controls = train_controls(
-            run, method.controls, round_index=1, mask=mask, model=model, enforcer=enforcer,
-            start=ControlStart(init_state, 0),
-        )  # fmt: skip
-        results.extend(controls.values())
+    controls = controls_from_init(
+        run, round_index=1, mask=mask, model=model, enforcer=enforcer, init_state=init_state, results=results
+    )
     rounds.append(round_summary(1, mask.num_kept(), total, final, controls))
     return run.write_summary(total, results=results, final=final, kept=mask.num_kept(), round_index=1,
                              rounds=rounds, controls=controls, details={"search": section}, complete=True)  # fmt: skip

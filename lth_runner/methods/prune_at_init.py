@@ -11,7 +11,7 @@ default, as both papers), and train the sparse network from its initialisation. 
 from __future__ import annotations
 
 from lth_runner.config.schema import PruneAtInitConfig
-from lth_runner.methods.controls import ControlStart, train_controls
+from lth_runner.methods.controls import controls_from_init
 from lth_runner.session import RunContext
 from lth_runner.sparse import CRITERIA, MaskEnforcer, prune_to_density, remaining_fraction, unwrap
 from lth_runner.summary import Summary, round_summary
@@ -45,13 +45,9 @@ def prune_at_init(run: RunContext) -> Summary:
         enforcer,
     )
     results = [ticket]
-    controls = {}
-    if method.controls:
-        controls = train_controls(
-            run, method.controls, round_index=1, mask=mask, model=model, enforcer=enforcer,
-            start=ControlStart(init_state, 0),
-        )  # fmt: skip
-        results.extend(controls.values())
+    controls = controls_from_init(
+        run, round_index=1, mask=mask, model=model, enforcer=enforcer, init_state=init_state, results=results
+    )
     rounds = [round_summary(1, mask.num_kept(), total, ticket, controls)]
     return run.write_summary(total, results=results, final=ticket, kept=mask.num_kept(), round_index=1,
                              rounds=rounds, controls=controls, details={"criterion": method.criterion},

@@ -26,9 +26,10 @@ import torch
 from torch import nn
 
 from lth_runner.config.schema import SLTEpsConfig
+from lth_runner.methods.controls import controls_from_init
 from lth_runner.methods.mask_search import popup, searched_parameters
 from lth_runner.session import RunContext
-from lth_runner.sparse import unwrap
+from lth_runner.sparse import MaskEnforcer, unwrap
 from lth_runner.summary import Summary, round_summary
 from lth_runner.training.trainer import Stage, StageResult
 
@@ -77,6 +78,7 @@ def slt_eps(run: RunContext) -> Summary:
     total = sum(p.numel() for p in params.values())
     run.log_start(total, densities=[1.0 - s for s in method.sparsities], eps=method.eps)
 
+    init_state = {k: v.detach().clone() for k, v in unwrap(model).state_dict().items()}  # the controls' start
     moved = params if method.perturb == "prunable" else dict(unwrap(model).named_parameters())
     origin = {n: p.detach().clone() for n, p in moved.items()}
     eps = radii(origin, method.eps, method.eps_mode)
@@ -107,16 +109,24 @@ def slt_eps(run: RunContext) -> Summary:
     for index, s in enumerate(method.sparsities, start=1):
         unwrap(model).load_state_dict(perturbed)  # every search starts from W_T (BN statistics included)
         label = sparsity_label(s)
-        result, mask, _, section = popup(
+        result, mask, wrapper, section = popup(
             run, model, params, 1.0 - s, key=f"popup/{label}", round_index=index, mask_name=label, rank_by="abs",
             epochs=method.search_epochs or cfg.trainer.epochs,
         )  # fmt: skip
+        wrapper.release()
         results.append(result)
         rounds.append(round_summary(index, mask.num_kept(), total, result))
         grid.append({**_row(s, result), "overlap_with_magnitude": section["overlap_with_magnitude"]["end"]})
         found.append((s, result, mask))
     best_s, best, best_mask = min(found, key=lambda item: _selection_value(item[1], method.select_by))
     run.mask("best", lambda: best_mask)
+    best_round = method.sparsities.index(best_s) + 1
+    controls = controls_from_init(
+        run, round_index=best_round, mask=best_mask, model=model, enforcer=MaskEnforcer(params, best_mask),
+        init_state=init_state, results=results,
+    )  # fmt: skip
+    if controls:
+        rounds[best_round] = round_summary(best_round, best_mask.num_kept(), total, best, controls)
     details = {
         "slt": {
             "eps": method.eps,
@@ -127,9 +137,8 @@ def slt_eps(run: RunContext) -> Summary:
             "grid": grid,
         }
     }
-    return run.write_summary(total, results=results, final=best, kept=best_mask.num_kept(),
-                             round_index=method.sparsities.index(best_s) + 1, rounds=rounds, details=details,
-                             complete=True)  # fmt: skip
+    return run.write_summary(total, results=results, final=best, kept=best_mask.num_kept(), round_index=best_round,
+                             rounds=rounds, controls=controls, details=details, complete=True)  # fmt: skip
 
 
 def _row(s: float, result: StageResult) -> dict[str, Any]:

@@ -54,7 +54,7 @@ from torch import nn
 
 from lth_runner.config.schema import UniLTHConfig
 from lth_runner.errors import ConfigError
-from lth_runner.methods.controls import ControlStart, train_controls
+from lth_runner.methods.controls import controls_from_init
 from lth_runner.session import RunContext
 from lth_runner.sparse import CRITERIA, Mask, MaskEnforcer, kept_count, round_densities
 from lth_runner.sparse.prunable import unwrap
@@ -196,13 +196,9 @@ def unified(run: RunContext, *, dual: bool) -> Summary:
         results.append(last)
         if method.reset_after_prune:
             run.release_weights(f"round{final_round:02d}/ticket")
-    controls = {}
-    if method.controls:
-        start = ControlStart(init_state, 0)
-        controls = train_controls(
-            run, method.controls, round_index=final_round, mask=mask, model=model, enforcer=enforcer, start=start
-        )
-        results.extend(controls.values())
+    controls = controls_from_init(
+        run, round_index=final_round, mask=mask, model=model, enforcer=enforcer, init_state=init_state, results=results
+    )
 
     rounds = [round_summary(0, total, total, stage1)]
     if method.reset_after_prune:
