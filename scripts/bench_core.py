@@ -201,26 +201,20 @@ def main() -> None:
         f"(weights themselves {prune['weights_mb']} MB)",
         flush=True,
     )
-    results["step"] = [
-        bench_step("lenet_300_100", (1, 28, 28), 128, blocks=6 if quick else 20, steps=20 if quick else 50),
-        bench_step("resnet20", (3, 32, 32), 128, blocks=4 if quick else 8, steps=3 if quick else 5),
-    ]
-    for row in results["step"]:
-        print(
-            f"train step {row['model']} (batch {row['batch']}): dense {row['dense_ms']} ms, masked "
-            f"{row['masked_ms']} ms, ratio {row['ratio']:.3f} (median of {row['steps_each']} steps each)",
-            flush=True,
-        )
-    results["score_step"] = [
-        bench_score_step("lenet_300_100", (1, 28, 28), 128, blocks=6 if quick else 20, steps=20 if quick else 50),
-        bench_score_step("resnet20", (3, 32, 32), 128, blocks=4 if quick else 8, steps=3 if quick else 5),
-    ]
-    for row in results["score_step"]:
-        print(
-            f"mask-search step {row['model']} (batch {row['batch']}): dense {row['dense_ms']} ms, score-masked "
-            f"{row['score_masked_ms']} ms, ratio {row['ratio']:.3f} (median of {row['steps_each']} steps each)",
-            flush=True,
-        )
+    for key, bench, title, variant in (
+        ("step", bench_step, "train step", "masked"),
+        ("score_step", bench_score_step, "mask-search step", "score_masked"),
+    ):
+        results[key] = [
+            bench("lenet_300_100", (1, 28, 28), 128, blocks=6 if quick else 20, steps=20 if quick else 50),
+            bench("resnet20", (3, 32, 32), 128, blocks=4 if quick else 8, steps=3 if quick else 5),
+        ]
+        for row in results[key]:
+            print(
+                f"{title} {row['model']} (batch {row['batch']}): dense {row['dense_ms']} ms, "
+                f"{variant.replace('_', '-')} {row[variant + '_ms']} ms, ratio {row['ratio']:.3f} (median of {row['steps_each']} steps each)",
+                flush=True,
+            )
     results["data"] = [bench_data(128, 2 if quick else 5), bench_data(512, 2 if quick else 5)]
     for row in results["data"]:
         print(

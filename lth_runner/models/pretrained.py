@@ -134,7 +134,7 @@ def recipe(run: RunContext, epochs: int) -> dict[str, Any]:
 
 def cache_path(data_root: str | Path, recipe_: Mapping[str, Any]) -> Path:
     digest = hashlib.sha1(json.dumps(recipe_, sort_keys=True, default=str).encode()).hexdigest()[:20]
-    return Path(data_root).expanduser() / "pretrained" / f"{recipe_.get('model.name', 'model')}-{digest}.pt"
+    return Path(data_root).expanduser().resolve() / "pretrained" / f"{recipe_.get('model.name', 'model')}-{digest}.pt"
 
 
 @contextlib.contextmanager
