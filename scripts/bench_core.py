@@ -212,7 +212,8 @@ def main() -> None:
         for row in results[key]:
             print(
                 f"{title} {row['model']} (batch {row['batch']}): dense {row['dense_ms']} ms, "
-                f"{variant.replace('_', '-')} {row[variant + '_ms']} ms, ratio {row['ratio']:.3f} (median of {row['steps_each']} steps each)",
+                f"{variant.replace('_', '-')} {row[variant + '_ms']} ms, ratio {row['ratio']:.3f} "
+                f"(median of {row['steps_each']} steps each)",
                 flush=True,
             )
     results["data"] = [bench_data(128, 2 if quick else 5), bench_data(512, 2 if quick else 5)]
