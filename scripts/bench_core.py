@@ -83,34 +83,34 @@ def bench_step(arch: str, shape: tuple[int, ...], batch: int, blocks: int, steps
             hook.after_step(None)
 
     model.train()
-    dense, masked, count = interleaved(lambda: step(False), lambda: step(True), blocks, steps)
-    return {
-        "model": arch,
-        "batch": batch,
-        "dense_ms": round(1000 * dense, 3),
-        "masked_ms": round(1000 * masked, 3),
-        "ratio": round(masked / dense, 4),
-        "steps_each": count,
-    }
+    return compared(arch, batch, "masked", lambda: step(False), lambda: step(True), blocks, steps)
 
 
-def interleaved(
-    first: Callable[[], None], second: Callable[[], None], blocks: int, steps: int
-) -> tuple[float, float, int]:
-    """Median seconds of ``first`` and ``second``, timed in alternating blocks (the order flips every block) after
-    a warm-up of both; and the number of samples of each."""
+def compared(
+    arch: str, batch: int, variant: str, dense: Callable[[], None], other: Callable[[], None], blocks: int, steps: int
+) -> dict[str, Any]:
+    """Median milliseconds of a dense step and of the ``variant`` step, timed in alternating blocks (the order
+    flips every block) after a warm-up of both, and their ratio."""
     for _ in range(5):
-        first()
-        second()
+        dense()
+        other()
     samples: tuple[list[float], list[float]] = ([], [])
     for block in range(blocks):
         for which in (0, 1) if block % 2 == 0 else (1, 0):
-            run = (first, second)[which]
+            run = (dense, other)[which]
             for _ in range(steps):
                 start = time.perf_counter()
                 run()
                 samples[which].append(time.perf_counter() - start)
-    return statistics.median(samples[0]), statistics.median(samples[1]), len(samples[0])
+    dense_s, other_s = statistics.median(samples[0]), statistics.median(samples[1])
+    return {
+        "model": arch,
+        "batch": batch,
+        "dense_ms": round(1000 * dense_s, 3),
+        f"{variant}_ms": round(1000 * other_s, 3),
+        "ratio": round(other_s / dense_s, 4),
+        "steps_each": len(samples[0]),
+    }
 
 
 def bench_score_step(arch: str, shape: tuple[int, ...], batch: int, blocks: int, steps: int) -> dict[str, Any]:
@@ -146,15 +146,7 @@ def bench_score_step(arch: str, shape: tuple[int, ...], batch: int, blocks: int,
 
     dense_model.train()
     wrapper.train()
-    dense, masked, count = interleaved(dense_step, score_step, blocks, steps)
-    return {
-        "model": arch,
-        "batch": batch,
-        "dense_ms": round(1000 * dense, 3),
-        "score_masked_ms": round(1000 * masked, 3),
-        "ratio": round(masked / dense, 4),
-        "steps_each": count,
-    }
+    return compared(arch, batch, "score_masked", dense_step, score_step, blocks, steps)
 
 
 def bench_data(batch: int, epochs: int) -> dict[str, Any]:

@@ -92,6 +92,7 @@ class ScoreMaskedModel(nn.Module):
         self.model = model
         self.names = list(scores)
         own = dict(model.named_parameters())
+        self._weights = {n: own[n] for n in self.names if n in own}  # looked up once, not at every forward
         missing = [n for n in self.names if n not in own]
         if missing:
             raise ValueError(f"scores for {missing[0]!r}, which is not a parameter of the model")
@@ -175,8 +176,7 @@ class ScoreMaskedModel(nn.Module):
 
     def masked_weights(self) -> dict[str, torch.Tensor]:
         """``w * b`` for every scored weight, differentiable to the scores (and to ``w`` when it trains)."""
-        own = dict(self.model.named_parameters())
-        return {n: _MaskedWeight.apply(own[n], self._ranked(self.score(n)), self.keep(n)) for n in self.names}
+        return {n: _MaskedWeight.apply(self._weights[n], self._ranked(self.score(n)), self.keep(n)) for n in self.names}
 
     def _ranked(self, score: torch.Tensor) -> torch.Tensor:
         return score.abs() if self.rank_by == "abs" else score
