@@ -94,8 +94,8 @@ for _name, (_target, _config, _penalised) in _METHODS.items():
 # ------------------------------------------------------------------------------------- criteria, optim, laws
 CRITERIA.declare("magnitude", "lth_runner.sparse.criteria:magnitude")
 CRITERIA.declare("random", "lth_runner.sparse.criteria:random")
-CRITERIA.declare("snip", "lth_runner.sparse.criteria:snip", data=True)
-CRITERIA.declare("grasp", "lth_runner.sparse.criteria:grasp", data=True)
+CRITERIA.declare("snip", "lth_runner.sparse.criteria:snip")
+CRITERIA.declare("grasp", "lth_runner.sparse.criteria:grasp")
 
 for _name in ("sgd", "adam", "adamw"):
     OPTIMIZERS.declare(_name, f"lth_runner.training.optim:{_name}")

@@ -189,7 +189,7 @@ def test_a_found_mask_retrains_under_lth_and_prune_at_init_ranks_the_initial_wei
     )
     assert Mask.load(tmp_path / "retrain" / "masks" / "round_01.pt") == found
     assert retrained.final.kept == search.final.kept and "round00/dense" not in retrained.cost.epochs_per_stage
-    assert retrained.details["given_mask"].endswith("search.pt")
+    assert retrained.details["given_mask"] == str(tmp_path / "search")
     with pytest.raises(UserError, match="method.mask: .* covers fc1.weight, fc2.weight, fc3.weight, this run prunes"):
         run_experiment(
             config(data_root, "method=lth", f"method.mask={tmp_path / 'search'}", "sparsity.exclude_last=true"),
@@ -312,3 +312,17 @@ def test_slt_eps_trains_its_controls_at_the_best_mask(tmp_path, data_root):
     assert (
         set(summary.rounds[best_round].controls) == {"reinit"} and summary.rounds[best_round].kept == summary.final.kept
     )
+
+
+def test_review_fixes_colliding_sparsities_junk_masks_and_a_resumed_given_mask(tmp_path, data_root):
+    with pytest.raises(ConfigError, match="method.sparsities"):
+        config(data_root, "method=slt_eps", "method.sparsities=[0.12,0.125]")
+    (tmp_path / "junk.pt").write_text("not a mask")
+    with pytest.raises(UserError, match="junk.pt: not a mask file of lth_runner"):
+        run_experiment(config(data_root, "method=lth", f"method.mask={tmp_path / 'junk.pt'}"), tmp_path / "bad")
+    search = tmp_path / "search"
+    run_experiment(config(data_root, "method=edge_popup"), search)
+    first = run_experiment(config(data_root, "method=lth", f"method.mask={search}"), tmp_path / "retrain")
+    (search / "masks" / "search.pt").unlink()  # the source is gone; the run reads back its own copy
+    again = run_experiment(config(data_root, "method=lth", f"method.mask={search}"), tmp_path / "retrain")
+    assert without_timings(again.to_dict()) == without_timings(first.to_dict())

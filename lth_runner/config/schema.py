@@ -376,18 +376,22 @@ class MaskSearchConfig(MethodConfig):
 
     def check(self, run: RunConfig) -> None:
         _check_prunes(run)
-        if self.score_init != "kaiming_uniform" and self.score_init not in _registered("criteria"):
-            from lth_runner.registry import did_you_mean
+        self._check_score_init()
+        if self.pretrained is not None and self.weight_init != "model":
+            raise ConfigError("method.weight_init", self.weight_init, "model when method.pretrained is set")
 
-            accepted = ["kaiming_uniform", *_registered("criteria")]
+    def _check_score_init(self) -> None:
+        from lth_runner.catalog import CRITERIA
+        from lth_runner.registry import did_you_mean
+
+        accepted = ["kaiming_uniform", *CRITERIA.names()]
+        if self.score_init not in accepted:
             raise ConfigError(
                 "method.score_init",
                 self.score_init,
                 f"one of: {', '.join(accepted)}",
                 hint=did_you_mean(self.score_init, accepted),
             )
-        if self.pretrained is not None and self.weight_init != "model":
-            raise ConfigError("method.weight_init", self.weight_init, "model when method.pretrained is set")
 
 
 @dataclass
@@ -414,18 +418,20 @@ class SLTEpsConfig(MaskSearchConfig):
     )
 
     def check(self, run: RunConfig) -> None:
+        self._check_score_init()
         if not self.sparsities:
             raise ConfigError("method.sparsities", [], "at least one sparsity in (0, 1)")
+        labels = [round(100 * s) for s in self.sparsities]  # masks/sNN.pt and stage popup/sNN per sparsity
+        if len(set(labels)) != len(labels):
+            raise ConfigError(
+                "method.sparsities", self.sparsities, "distinct sparsities, at least 0.01 apart (one mask each)"
+            )
+        if self.pretrained is not None:
+            raise ConfigError("method.pretrained", self.pretrained, "null with method=slt_eps (it perturbs the init)")
         if self.finetune_epochs:
             raise ConfigError("method.finetune_epochs", self.finetune_epochs, "0 with method=slt_eps")
         if self.select_by.startswith("val") and run.dataset.val_size == 0:
             raise ConfigError("method.select_by", self.select_by, "train_loss when dataset.val_size=0")
-
-
-def _registered(registry: str) -> list[str]:
-    from lth_runner import catalog
-
-    return catalog.CRITERIA.names() if registry == "criteria" else []
 
 
 # --------------------------------------------------------------------------------------------- regularizer

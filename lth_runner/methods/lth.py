@@ -93,7 +93,9 @@ def iterative_magnitude_pruning(run: RunContext, *, one_shot: bool) -> Summary:
     enforcer = MaskEnforcer(params, mask)
     run.log_start(total, densities=densities)
 
-    given = _given_mask(run, params) if method.mask is not None else None
+    given = _given_mask(run, params) if method.mask is not None and run.saved_mask("round_01") is None else None
+    if method.mask is not None and given is None:  # resumed: the copy this run saved is the mask it trains
+        given = (run.mask_path("round_01"), run.saved_mask("round_01"))
     details: dict[str, Any] = {"planned_densities": densities}
     results: list[StageResult] = []
     rounds = []
@@ -115,13 +117,13 @@ def iterative_magnitude_pruning(run: RunContext, *, one_shot: bool) -> Summary:
         summary = summarise(dense, total, 0, {}, complete=not densities)
         previous_key = dense.key
     if given is not None:
-        details["given_mask"] = str(given[0])
+        details["given_mask"] = method.mask  # as given (a resumed run trains the copy it saved)
         densities = [given[1].density()]
     start = _rewind_point(run, method, init_state)
     control_rounds = set(range(1, len(densities) + 1)) if method.control_rounds == "all" else {len(densities)}
     for round_index, density in enumerate(densities, start=1):
         if given is not None:
-            prune = functools.partial(lambda m: m, given[1])
+            prune = functools.partial(Mask.clone, given[1])
         else:
             prune = functools.partial(_prune, run, model, params, previous_key, mask, density, round_index)
         mask = run.mask(f"round_{round_index:02d}", prune, round=round_index)
@@ -177,6 +179,7 @@ def _prune(
     criteria evaluate ``model`` with those weights substituted."""
     method = run.cfg.method
     weights = run.load_weights(key, "best" if method.prune_from == "best_val" else "final")
+    unwrap(model).load_state_dict(weights)  # data-driven criteria see that state whole (biases, BN), fresh or resumed
     scores = CRITERIA.get(method.criterion)({n: weights[n] for n in params}, run.criterion_context(model, index))
     return prune_to_density(scores, density, scope=run.cfg.sparsity.scope, alive=alive)
 

@@ -62,10 +62,11 @@ def sparsity_label(s: float) -> str:
 
 
 def _selection_value(result: StageResult, select_by: str) -> float:
+    """The figure that ranks a sparsity's mask: the last epoch's, since the saved mask is the last epoch's."""
     if select_by == "val_loss":
-        return result.best_val_loss
+        return result.final_val_loss
     if select_by == "val_acc":
-        return -result.best_val_acc
+        return -result.final_val_acc
     return result.final_train_loss
 
 
@@ -87,6 +88,7 @@ def slt_eps(run: RunContext) -> Summary:
         pgd_optim = dataclasses.replace(
             cfg.optim, lr=method.pgd_lr or cfg.optim.lr, momentum=method.pgd_momentum, weight_decay=0.0
         )
+        trainable = {name: p.requires_grad for name, p in unwrap(model).named_parameters()}
         for name, p in unwrap(model).named_parameters():  # only what PGD moves trains
             p.requires_grad_(name in moved)
         pgd = run.train(
@@ -98,6 +100,8 @@ def slt_eps(run: RunContext) -> Summary:
             optim=pgd_optim,
         )
         results.append(pgd)
+        for name, p in unwrap(model).named_parameters():  # the controls train every parameter again
+            p.requires_grad_(trainable[name])
     else:
         pgd = run.evaluate(model, "pgd/evaluate", 0)
     perturbed = {k: v.detach().clone() for k, v in unwrap(model).state_dict().items()}
@@ -144,8 +148,8 @@ def slt_eps(run: RunContext) -> Summary:
 def _row(s: float, result: StageResult) -> dict[str, Any]:
     return {
         "sparsity": s,
-        "val_loss": result.best_val_loss,
-        "val_acc": result.best_val_acc,
+        "val_loss": result.final_val_loss,  # of the last epoch, whose mask is saved (and selected on)
+        "val_acc": result.final_val_acc,
         "test_acc": result.test_acc,
         "train_loss": result.final_train_loss,
     }

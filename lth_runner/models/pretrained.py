@@ -166,7 +166,7 @@ def _cached(run: RunContext, model: nn.Module, epochs: int) -> Pretrained:
     lock = _locked(path) if distributed.is_main() else contextlib.nullcontext()
     with lock:
         cached = distributed.any_rank(distributed.is_main() and path.exists() and record_path.exists())
-        if cached:
+        if cached and run.completed(PRETRAIN_KEY) is None:  # a resumed run that trained it reports it as before
             distributed.barrier()
             state = read_state_dict(path, "method.pretrained=auto")
             check_compatible(state, model, path, "method.pretrained=auto")

@@ -45,7 +45,7 @@ def slt_grids(runs: Sequence[RunRecord]) -> list[Grid]:
         section = run.summary.details.get("slt") if run.complete else None
         if not section:
             continue
-        title = f"{run.model} / {run.dataset}"
+        title = f"{run.model} / {run.dataset}, eps {section.get('eps_mode', 'absolute')}"
         grid = grids.setdefault(title, Grid(title))
         for row in section.get("grid", []):
             if row.get("test_acc") is not None:

@@ -16,35 +16,30 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from lth_runner.errors import UserError
 from lth_runner.sparse.mask import Mask, resolve_mask
 
 
 def compare(a: Mask, b: Mask) -> dict[str, Any]:
-    """Per-layer and total comparison figures of two masks over the same tensors."""
+    """Per-layer and total comparison figures of two masks over the same tensors (the :class:`Mask` methods)."""
     if a.names() != b.names() or any(a[n].shape != b[n].shape for n in a.names()):
         raise UserError("the two masks cover different tensors (different models or sparsity exclusions)")
 
-    def figures(x: Any, y: Any) -> dict[str, Any]:
-        kept_a, kept_b = int(x.sum()), int(y.sum())
-        both, either = int((x & y).sum()), int((x | y).sum())
-        hamming = either - both
+    def figures(x: Mask, y: Mask) -> dict[str, Any]:
+        both = x.intersection(y)
+        either = x.num_kept() + y.num_kept() - both
         return {
-            "entries": int(x.numel()),
-            "kept_a": kept_a,
-            "kept_b": kept_b,
-            "overlap": both / kept_a if kept_a else 1.0,
+            "entries": x.numel(),
+            "kept_a": x.num_kept(),
+            "kept_b": y.num_kept(),
+            "overlap": x.kept_overlap(y),
             "jaccard": both / either if either else 1.0,
-            "hamming": hamming,
-            "eq7_kept": 1.0 - hamming / kept_a if kept_a else 1.0,
+            "hamming": x.hamming(y),
+            "eq7_kept": x.overlap(y, denominator="kept"),
         }
 
-    layers = {n: figures(a[n].cpu(), b[n].cpu()) for n in a.names()}
-    flat_a = torch.cat([a[n].cpu().reshape(-1) for n in a.names()])
-    flat_b = torch.cat([b[n].cpu().reshape(-1) for n in b.names()])
-    return {"layers": layers, "total": figures(flat_a, flat_b)}
+    layers = {n: figures(Mask({n: a[n].cpu()}), Mask({n: b[n].cpu()})) for n in a.names()}
+    return {"layers": layers, "total": figures(a.to("cpu"), b.to("cpu"))}
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -146,7 +146,7 @@ def _balanced_sample(
         for xi, yi in zip(x, y.tolist()):
             bucket = xs.setdefault(yi, [])
             if len(bucket) < per_class:
-                bucket.append(xi)
+                bucket.append(xi.clone())  # a view would keep the whole batch alive
         if num_classes is not None and len(xs) == num_classes and all(len(b) >= per_class for b in xs.values()):
             break
     if not xs:

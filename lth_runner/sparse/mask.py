@@ -201,5 +201,6 @@ def resolve_mask(spec: str | Path, name: str | None = None) -> tuple[Path, Mask]
         raise UserError(f"{spec}: no such mask file or run directory")
     try:
         return path, Mask.load(path)
-    except (ValueError, RuntimeError, OSError) as err:
-        raise UserError(f"{path}: not a mask file of lth_runner ({str(err).splitlines()[0]})") from None
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to fix, in one line
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserError(f"{path}: not a mask file of lth_runner ({reason})") from None

@@ -166,7 +166,7 @@ class ScoreMaskedModel(nn.Module):
                 masks[name] = select_top({name: x}, k)[name]
                 continue
             previous = self._previous.get(name)
-            if previous is None or torch.isnan(x).any():
+            if previous is None:
                 threshold = kth_largest([x], k)
             else:
                 threshold = kth_largest_near(x, k, *previous)
