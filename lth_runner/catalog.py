@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lth_runner.config import schema as s
-from lth_runner.registry import Registry
+from lth_runner.registry import Registry, RegistryUnion
 
 MODELS: Registry[Callable[..., Any]] = Registry("model", "model.arch")
 DATASETS: Registry[Callable[..., Any]] = Registry("dataset", "dataset.name")
@@ -25,6 +25,9 @@ OPTIMIZERS: Registry[Callable[..., Any]] = Registry("optimizer", "optim.name")
 SCHEDULES: Registry[Callable[..., float]] = Registry("learning-rate schedule", "optim.scheduler.name")
 LAWS: Registry[Callable[[float], float]] = Registry("penalty law", "regularizer.name")
 CONTROLS: Registry[Callable[..., Any]] = Registry("control", "method.controls")
+MASK_PENALTIES: Registry[Callable[..., Any]] = Registry("mask penalty", "regularizer.name")
+# ``regularizer.name`` names either a growing-L2 law (UniLTH/DLTH family) or a penalty on a relaxed mask (paper 001).
+REGULARIZERS = RegistryUnion("regularizer.name", LAWS, MASK_PENALTIES)
 
 # The registries a schema field can name with ``option(registry=...)``.
 BY_NAME: dict[str, Registry[Any]] = {
@@ -36,6 +39,8 @@ BY_NAME: dict[str, Registry[Any]] = {
     "schedules": SCHEDULES,
     "laws": LAWS,
     "controls": CONTROLS,
+    "mask_penalties": MASK_PENALTIES,
+    "regularizers": REGULARIZERS,
 }
 
 # ------------------------------------------------------------------------------------------------------ models
@@ -43,6 +48,7 @@ BY_NAME: dict[str, Registry[Any]] = {
 _MODELS = {
     "mlp": ("mlp:mlp", s.MLPOptions, "any"),
     "lenet_300_100": ("mlp:lenet_300_100", s.InitOptions, "any"),
+    "logistic": ("mlp:logistic", s.LogisticOptions, "any"),
     "conv2": ("frankle_carbin:conv2", s.InitOptions, "image"),
     "conv4": ("frankle_carbin:conv4", s.InitOptions, "image"),
     "conv6": ("frankle_carbin:conv6", s.InitOptions, "image"),
@@ -74,22 +80,26 @@ for _name, (_target, _config, _shape) in _DATASETS.items():
     DATASETS.declare(_name, f"lth_runner.data.{_target}", config=_config, input_shape=_shape)
 
 # ----------------------------------------------------------------------------------------------------- methods
+# The third field: which kind of ``regularizer`` the method applies ("law": a growing L2 penalty from LAWS,
+# "mask": a penalty on a relaxed mask from MASK_PENALTIES, None: it takes no regularizer).
 _METHODS = {
-    "lth": ("lth:lth", s.LTHConfig, False),
-    "lth_iter": ("lth:lth_iter", s.LTHConfig, False),
-    "unilth": ("unilth:unilth", s.UniLTHConfig, True),
-    "unidlth": ("unilth:unidlth", s.UniLTHConfig, True),
-    "dlth": ("dlth:dlth", s.DLTHConfig, True),
-    "dlth_iter": ("dlth:dlth_iter", s.DLTHConfig, True),
-    "eb": ("eb:early_bird", s.EarlyBirdConfig, False),
-    "l1": ("l1:l1", s.L1Config, False),
-    "prune_at_init": ("prune_at_init:prune_at_init", s.PruneAtInitConfig, False),
-    "edge_popup": ("mask_search:edge_popup", s.MaskSearchConfig, False),
-    "sr_popup": ("mask_search:sr_popup", s.MaskSearchConfig, False),
-    "slt_eps": ("slt_eps:slt_eps", s.SLTEpsConfig, False),
+    "lth": ("lth:lth", s.LTHConfig, None),
+    "lth_iter": ("lth:lth_iter", s.LTHConfig, None),
+    "unilth": ("unilth:unilth", s.UniLTHConfig, "law"),
+    "unidlth": ("unilth:unidlth", s.UniLTHConfig, "law"),
+    "dlth": ("dlth:dlth", s.DLTHConfig, "law"),
+    "dlth_iter": ("dlth:dlth_iter", s.DLTHConfig, "law"),
+    "eb": ("eb:early_bird", s.EarlyBirdConfig, None),
+    "l1": ("l1:l1", s.L1Config, None),
+    "prune_at_init": ("prune_at_init:prune_at_init", s.PruneAtInitConfig, None),
+    "edge_popup": ("mask_search:edge_popup", s.MaskSearchConfig, None),
+    "sr_popup": ("mask_search:sr_popup", s.MaskSearchConfig, None),
+    "slt_eps": ("slt_eps:slt_eps", s.SLTEpsConfig, None),
+    "relaxed_mask": ("relaxed_mask:relaxed_mask", s.RelaxedMaskConfig, "mask"),
+    "cs": ("relaxed_mask:continuous_sparsification", s.RelaxedMaskConfig, "mask"),
 }
-for _name, (_target, _config, _penalised) in _METHODS.items():
-    METHODS.declare(_name, f"lth_runner.methods.{_target}", config=_config, uses_regularizer=_penalised)
+for _name, (_target, _config, _regularizer) in _METHODS.items():
+    METHODS.declare(_name, f"lth_runner.methods.{_target}", config=_config, regularizer=_regularizer)
 
 # ------------------------------------------------------------------------------------- criteria, optim, laws
 CRITERIA.declare("magnitude", "lth_runner.sparse.criteria:magnitude")
@@ -105,6 +115,9 @@ for _name in ("constant", "cosine", "cosine_restarts", "multistep"):
 
 for _name in ("none", "linear", "loglaw", "explaw", "tanlaw"):
     LAWS.declare(_name, f"lth_runner.sparse.laws:{_name}")
+
+for _name in ("mask_l1", "mask_log"):
+    MASK_PENALTIES.declare(_name, f"lth_runner.sparse.mask_penalties:{_name}")
 
 CONTROLS.declare("reinit", "lth_runner.methods.controls:reinit")
 CONTROLS.declare("random_prune", "lth_runner.methods.controls:random_prune")

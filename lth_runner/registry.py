@@ -103,6 +103,29 @@ class Registry(Generic[T]):
         return len(self._entries)
 
 
+class RegistryUnion:
+    """Several registries read as one name space: ``regularizer.name`` is a penalty law or a mask penalty."""
+
+    def __init__(self, config_key: str, *registries: Registry[Any]) -> None:
+        self.config_key, self.registries = config_key, registries
+
+    def owner(self, name: str) -> Registry[Any] | None:
+        """The registry that holds ``name`` (None when none does)."""
+        return next((r for r in self.registries if name in r), None)
+
+    def check(self, name: str, *, key: str | None = None) -> str:
+        if self.owner(name) is None:
+            raise ConfigError(key or self.config_key, name, f"one of: {', '.join(self.names())}",
+                              hint=did_you_mean(name, self.names()))  # fmt: skip
+        return name
+
+    def names(self) -> list[str]:
+        return sorted({n for r in self.registries for n in r.names()})
+
+    def __contains__(self, name: object) -> bool:
+        return any(name in r for r in self.registries)
+
+
 def did_you_mean(word: object, choices: Iterable[str]) -> str | None:
     """``"did you mean X?"`` (or ``"X or Y"``) for near misses among ``choices``, else None."""
     close = difflib.get_close_matches(str(word), list(choices), n=2, cutoff=0.6)

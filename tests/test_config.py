@@ -98,7 +98,7 @@ def test_bad_values_fail_with_one_line_naming_key_value_and_accepted(override, e
         (["-m", "sparsity.target=0.5,1.5"], "sparsity.target=1.5 is not accepted"),
         (["method=lth,unilth"], "method=lth,unilth lists several values: add -m to sweep over them"),
         (["-m", "optim.lr=interval(0.1,0.2)"], "optim.lr=interval(0.1,0.2): interval(...) is sampled by"),
-        (["-m", "method=glob(zz*)"], "method=glob(zz*) matches none of: dlth, dlth_iter"),
+        (["-m", "method=glob(zz*)"], "method=glob(zz*) matches none of: cs, dlth, dlth_iter"),
         (["-m", "seed=0,1", "--cfg", "job"], "-m and --cfg cannot be combined"),
         (["method=unilth", "sparsity.target=0"], "sparsity.target=0 is not accepted: expected > 0: method=unilth"),
         (["method=unilth", "method.rewind=0"], "method.stage2_epochs=None is not accepted: expected an explicit"),

@@ -136,3 +136,50 @@ def test_search_cpu_siblings_run(sibling, tmp_path):
     cfg = build_run_config(compose_config(overrides))
     summary = run_experiment(cfg, tmp_path / "run").to_dict()
     assert summary["status"] == "complete" and summary["final"]["test_acc"] is not None
+
+
+# Paper 001 (relaxed masks, concave regularizers): each preset with the rows its comment lists, and CPU siblings.
+CONCAVE_PRESETS = {
+    "concave/fig5_resnet20_cifar10": [
+        ["regularizer=mask_log"],
+        ["method=cs", "method.threshold_mode=target"],
+        ["method=lth_iter"],
+    ],
+    "concave/cs_resnet20_cifar10": [[]],
+}
+CONCAVE_SIBLING_RUNS = {
+    "concave/fig5_resnet20_cifar10_cpu": ["regularizer=mask_log", "trainer.epochs=2", "method.rewind_to=1"],
+    "concave/cs_resnet20_cifar10_cpu": ["method.rounds=2", "trainer.epochs=3", "method.rewind_to=1"],
+    "concave/mnist01_pixels": ["trainer.epochs=3"],
+}
+
+
+def test_every_concave_preset_has_a_sibling_that_runs():
+    found = sorted(f"concave/{p.stem}" for p in (REPO / "conf" / "experiment" / "concave").glob("*.yaml"))
+    assert found == sorted([*CONCAVE_PRESETS, *CONCAVE_SIBLING_RUNS])
+    assert all(f"{p}_cpu" in CONCAVE_SIBLING_RUNS for p in CONCAVE_PRESETS)
+
+
+@pytest.mark.parametrize("preset", sorted(CONCAVE_PRESETS))
+def test_concave_presets_compose_for_their_rows(preset):
+    for row in CONCAVE_PRESETS[preset]:
+        cfg = build_run_config(compose_config([f"experiment={preset}", *row]))
+        assert (cfg.optim.name, cfg.optim.lr, cfg.optim.momentum, cfg.optim.scheduler.name) == (
+            "sgd", 0.1, 0.9, "multistep"
+        )  # fmt: skip
+        if cfg.method.name == "cs":
+            assert (cfg.regularizer.name, cfg.regularizer.coefficient, cfg.method.rounds) == ("mask_l1", 1e-8, 3)
+        if cfg.method.name == "lth_iter":
+            assert cfg.regularizer.name == "none"
+
+
+@pytest.mark.parametrize("sibling", sorted(CONCAVE_SIBLING_RUNS))
+@pytest.mark.filterwarnings("ignore:MNIST. only the 10k test files")
+def test_concave_cpu_siblings_run(sibling, tmp_path):
+    overrides = [f"experiment={sibling}", *CONCAVE_SIBLING_RUNS[sibling], "logger.console=none", "logger.plots=false",
+                 f"dataset.root={REPO / 'tests' / 'data' / 'mnist'}", "trainer.num_threads=1"]  # fmt: skip
+    cfg = build_run_config(compose_config(overrides))
+    summary = run_experiment(cfg, tmp_path / "run").to_dict()
+    assert summary["status"] == "complete" and summary["final"]["test_acc"] > 0.5
+    if sibling.endswith("mnist01_pixels"):
+        assert summary["final"]["kept"] == 8

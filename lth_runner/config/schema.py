@@ -50,6 +50,11 @@ class InitOptions:
 
 
 @dataclass
+class LogisticOptions:
+    init: str = option("glorot_normal", choices=("zeros", *INITS), help="weight initialisation")
+
+
+@dataclass
 class MLPOptions:
     hidden: list[int] = option(factory=lambda: [100, 100], items=dict(ge=1), help="hidden layer widths")
     batch_norm: bool = option(False, help="BatchNorm after every hidden layer")
@@ -91,6 +96,9 @@ class DatasetConfig:
     split_seed: int = option(0, ge=0, help="seed of the validation split (fixed across run seeds)")
     train_subset: int | None = option(None, ge=1, help="keep only this many training examples (quick runs)")
     test_subset: int | None = option(None, ge=1, help="evaluate on only this many test examples (quick runs)")
+    classes: list[int] | None = option(
+        None, items=dict(ge=0), help="keep only these classes, relabelled 0..K-1 in this order (e.g. [0, 1])"
+    )
     augment: bool = option(False, help="random crop (with padding) + horizontal flip, image data only")
     crop_padding: int = option(4, ge=0, help="padding of the random crop")
     download: bool = option(True, help="download missing files when online")
@@ -434,15 +442,86 @@ class SLTEpsConfig(MaskSearchConfig):
             raise ConfigError("method.select_by", self.select_by, "train_loss when dataset.val_size=0")
 
 
+@dataclass
+class RelaxedMaskConfig(MethodConfig):
+    """A relaxed mask learned with the weights, thresholded, then retrained (paper 001, Fracastoro et al.,
+    "Playing the Lottery With Concave Regularizers", Fig. 1; Continuous Sparsification, Savarese et al. 2020).
+    The penalty is ``regularizer=mask_l1|mask_log``."""
+
+    mask_param: str = option(
+        "clip", choices=("clip", "sigmoid"), help="m itself projected to [0, 1] after every step, or sigmoid(beta s)"
+    )
+    mask_init: float | None = option(None, help="starting value of m (clip) or s (sigmoid) (null: 1.0 / 0.0)")
+    final_temp: float = option(200.0, ge=1.0, help="sigmoid: beta at the last epoch of each round (from 1)")
+    sigmoid_scale: bool = option(True, help="sigmoid: divide by sigmoid(mask_init) so m starts at 1 (as CS)")
+    mask_lr: float | None = option(None, gt=0.0, help="learning rate of the mask (null: optim.lr), same schedule")
+    mask_momentum: float | None = option(None, ge=0.0, lt=1.0, help="momentum of the mask (null: optim.momentum)")
+    mask_weight_decay: float = option(0.0, ge=0.0, help="weight decay of the mask (CS: none)")
+    search_epochs: int | None = option(None, ge=1, help="epochs of each relaxed-mask round (null: trainer.epochs)")
+    rounds: int = option(1, ge=1, help="relaxed-mask rounds before the ticket is retrained")
+    round_reset: str = option(
+        "hard",
+        choices=("hard", "soft"),
+        help="between rounds: fix the round's thresholded mask and restart m on its survivors (hard), or CS's "
+        "s <- min(s, mask_init) with nothing fixed (soft)",
+    )
+    threshold_mode: str = option(
+        "target", choices=("target", "value"), help="keep the top count for sparsity.target exactly, or m > threshold"
+    )
+    threshold: float = option(0.5, gt=0.0, lt=1.0, help="threshold_mode=value: kept where m (sigmoid(beta s)) > this")
+    scope: str | None = option(
+        None, choices=("global", "layerwise"), help="threshold_mode=target: where masks compete (null: sparsity.scope)"
+    )
+    retrain_from: str = option(
+        "rewind", choices=("rewind", "finetune"), help="retrain the ticket from a rewind point, or fine-tune"
+    )
+    rewind_to: int = option(2, ge=0, help="rewind: 0 = the initialisation, k = the weights after k epochs/iterations")
+    rewind_unit: str = option("epoch", choices=("epoch", "iteration"), help="unit of rewind_to")
+    rewind_schedule: str = option(
+        "resume", choices=("resume", "restart"), help="rewind: learning-rate schedule resumes at k, or restarts at 0"
+    )
+    fold_mask: bool = option(True, help="finetune: start from m * theta (the relaxed network), not theta")
+    retrain_epochs: int | None = option(None, ge=1, help="epochs retraining the ticket (null: trainer.epochs)")
+
+    def check(self, run: RunConfig) -> None:
+        if self.threshold_mode == "target":
+            _check_prunes(run)
+        init = self.initial_value()
+        if self.mask_param == "clip" and not 0.0 < init <= 1.0:
+            raise ConfigError("method.mask_init", self.mask_init, "in (0, 1] with method.mask_param=clip")
+        if self.retrain_from == "rewind" and self.rewind_to > 0:
+            epochs = self.search_epochs or run.trainer.epochs
+            if self.rewind_unit == "epoch" and self.rewind_to >= epochs:
+                raise ConfigError(
+                    "method.rewind_to", self.rewind_to, f"fewer than the {epochs} epochs of the first relaxed round"
+                )
+
+    def initial_value(self) -> float:
+        """Where the mask parameter starts: m = 1 (clip), s = 0 (sigmoid) unless ``mask_init`` says otherwise."""
+        if self.mask_init is not None:
+            return self.mask_init
+        return 1.0 if self.mask_param == "clip" else 0.0
+
+
 # --------------------------------------------------------------------------------------------- regularizer
 @dataclass
 class RegularizerConfig:
-    """The growing L2 penalty ``alpha * ||w_S||^2`` of the regularized methods (seed 000, Sec. 3.3)."""
+    """What ``regularizer.name`` selects: the growing L2 penalty ``alpha * ||w_S||^2`` of the UniLTH/DLTH family
+    (seed 000, Sec. 3.3: laws ``linear``, ``loglaw``, ``explaw``, ``tanlaw``), or a penalty ``lambda * R(m)`` on the
+    relaxed mask of ``method=relaxed_mask`` / ``cs`` (paper 001: ``mask_l1``, ``mask_log``)."""
 
-    name: str = option("none", registry="laws", help="law of the rise: none, linear, loglaw, explaw, tanlaw")
-    ceiling: float | None = option(None, ge=0.0, help="R_ceil (null: the method's paper default)")
-    granularity: str = option("iteration", choices=("iteration", "epoch"), help="how often alpha is updated")
-    gradient_scale: float = option(2.0, gt=0.0, help="gradient added: scale * alpha * w (2: d/dw of alpha*w^2)")
+    name: str = option(
+        "none",
+        registry="regularizers",
+        help="none; growing L2 laws: linear, loglaw, explaw, tanlaw; mask penalties: mask_l1, mask_log",
+    )
+    ceiling: float | None = option(None, ge=0.0, help="laws: R_ceil (null: the method's paper default)")
+    granularity: str = option("iteration", choices=("iteration", "epoch"), help="laws: how often alpha is updated")
+    gradient_scale: float = option(2.0, gt=0.0, help="laws: gradient added, scale * alpha * w (2: d/dw alpha*w^2)")
+    coefficient: float = option(1e-4, ge=0.0, help="mask penalties: lambda of lambda * R(m)")
+    eps: float = option(0.01, gt=0.0, help="mask_log: eps of log(1 + m/eps)")
+    normalize: bool = option(True, help="mask_log: divide by log(1 + 1/eps), so m = 1 costs 1 as with mask_l1")
+    reduction: str = option("sum", choices=("sum", "mean"), help="mask penalties: R summed over entries, or averaged")
 
 
 # ------------------------------------------------------------------------------------------------ sparsity

@@ -55,18 +55,29 @@ def build_run_config(cfg: DictConfig | Mapping[str, Any]) -> RunConfig:
     groups["method"] = typed_config(
         "method", _entry_schema("method", data.get("method", {}), METHODS), data.get("method", {})
     )
-    method_entry = METHODS.entry(groups["method"].name)
-    if groups["regularizer"].name != "none" and not method_entry.meta.get("uses_regularizer", False):
-        users = ", ".join(n for n in METHODS.names() if METHODS.entry(n).meta.get("uses_regularizer"))
-        raise ConfigError(
-            "regularizer",
-            groups["regularizer"].name,
-            f"none with method={groups['method'].name} (growing penalties are used by: {users})",
-        )
+    check_regularizer_kind(groups["regularizer"].name, groups["method"].name, METHODS)
     check_model_fits_data(groups["model"], groups["dataset"], MODELS, DATASETS)
     run = RunConfig(**groups, seed=top_cfg.seed, name=top_cfg.name, plugins=list(top_cfg.plugins))
     run.method.check(run)
     return run
+
+
+def check_regularizer_kind(regularizer: str, method: str, methods: Any) -> None:
+    """A growing L2 law goes with the UniLTH/DLTH family, a mask penalty with the relaxed-mask methods."""
+    if regularizer == "none":
+        return
+    from lth_runner.catalog import MASK_PENALTIES
+
+    kind = "mask" if regularizer in MASK_PENALTIES else "law"
+    if methods.entry(method).meta.get("regularizer") == kind:
+        return
+    users = ", ".join(n for n in methods.names() if methods.entry(n).meta.get("regularizer") == kind)
+    what = "a penalty on a relaxed mask" if kind == "mask" else "a growing L2 penalty law"
+    own = methods.entry(method).meta.get("regularizer")
+    fits = {"mask": "mask_l1, mask_log or none", "law": "linear, loglaw, explaw, tanlaw or none"}.get(own, "none")
+    raise ConfigError(
+        "regularizer", regularizer, f"{fits} with method={method} ({regularizer} is {what}, used by: {users})"
+    )
 
 
 def check_model_fits_data(model: ModelConfig, dataset: Any, models: Any, datasets: Any) -> None:

@@ -20,8 +20,9 @@ import torch
 
 from lth_runner.catalog import DATASETS
 from lth_runner.config.schema import DatasetConfig
-from lth_runner.data.base import ArrayDataset, Batch, DataBundle, DataSpec, InMemoryData, split_arrays
+from lth_runner.data.base import ArrayDataset, Batch, DataBundle, DataSpec, InMemoryData, keep_classes, split_arrays
 from lth_runner.data.transforms import BatchTransform
+from lth_runner.errors import ConfigError
 
 __all__ = [
     "DATASETS",
@@ -56,6 +57,8 @@ def build_data(
     extra = dict(batch_size=batch_size, eval_batch_size=eval_batch_size, device=device, channels_last=channels_last)
     loaded = loader(cfg, root, **{k: v for k, v in extra.items() if k in accepted})
     if isinstance(loaded, DataBundle):
+        if cfg.classes is not None:
+            raise ConfigError("dataset.classes", cfg.classes, f"null with dataset={cfg.name} (in-memory datasets only)")
         return loaded
     return in_memory(
         cfg, loaded, batch_size=batch_size, eval_batch_size=eval_batch_size, device=device, channels_last=channels_last
@@ -71,6 +74,8 @@ def in_memory(
     device: torch.device | str,
     channels_last: bool = False,
 ) -> InMemoryData:
+    if cfg.classes is not None:
+        arrays = keep_classes(arrays, cfg.classes)
     splits = split_arrays(
         arrays,
         val_size=cfg.val_size,

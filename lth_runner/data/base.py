@@ -8,6 +8,7 @@ datasets streamed through a DataLoader).
 from __future__ import annotations
 
 import abc
+import dataclasses
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import torch
 
 from lth_runner.data.splits import holdout_count, stratified_split
 from lth_runner.data.transforms import BatchTransform
+from lth_runner.errors import ConfigError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -131,6 +133,25 @@ class InMemoryData(DataBundle):
         for start in range(0, indices.numel(), self.eval_batch_size):
             index = indices[start : start + self.eval_batch_size]
             yield self.transform(x_all[index]), y_all[index]
+
+
+def keep_classes(arrays: ArrayDataset, classes: Sequence[int]) -> ArrayDataset:
+    """Only the examples of ``classes``, relabelled ``0..K-1`` in the order given (e.g. MNIST 0-vs-1)."""
+    if len(set(classes)) != len(classes) or len(classes) < 2:
+        raise ConfigError("dataset.classes", list(classes), "at least two distinct class indices")
+    if max(classes) >= arrays.num_classes:
+        raise ConfigError("dataset.classes", list(classes), f"class indices below {arrays.num_classes}")
+    relabel = torch.full((arrays.num_classes,), -1, dtype=torch.long)
+    relabel[torch.tensor(list(classes))] = torch.arange(len(classes))
+    train, test = relabel[arrays.train_y] >= 0, relabel[arrays.test_y] >= 0
+    return dataclasses.replace(
+        arrays,
+        train_x=arrays.train_x[train],
+        train_y=relabel[arrays.train_y[train]],
+        test_x=arrays.test_x[test],
+        test_y=relabel[arrays.test_y[test]],
+        num_classes=len(classes),
+    )
 
 
 def split_arrays(

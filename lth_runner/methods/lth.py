@@ -46,13 +46,15 @@ from lth_runner.training.trainer import Stage, StageResult
 
 
 class RewindCapture:
-    """Hook: save the model state after ``k`` epochs or iterations of dense training (the rewind point)."""
+    """Hook: save the model state after ``k`` epochs or iterations of dense training (the rewind point); ``module``:
+    the network whose state is saved when the trainer trains a wrapper of it (default: what the trainer trains)."""
 
-    def __init__(self, run: RunContext, k: int, unit: str) -> None:
-        self.run, self.k, self.unit = run, k, unit
+    def __init__(self, run: RunContext, k: int, unit: str, module: torch.nn.Module | None = None) -> None:
+        self.run, self.k, self.unit, self.module = run, k, unit, module
 
     def _capture(self, trainer: Any) -> None:
-        state = {name: t.detach().clone() for name, t in unwrap(trainer.model).state_dict().items()}
+        source = self.module if self.module is not None else unwrap(trainer.model)
+        state = {name: t.detach().clone() for name, t in source.state_dict().items()}
         self.run.save_state_tensors("rewind", {"step": trainer.step, "model": state})
 
     def after_step(self, trainer: Any) -> None:

@@ -3,6 +3,7 @@
 ``lenet_300_100`` is LeNet-300-100 as used by Frankle & Carbin, "The Lottery Ticket Hypothesis" (ICLR 2019),
 Fig. 2 (after LeCun et al. 1998): Linear(in, 300)-ReLU-Linear(300, 100)-ReLU-Linear(100, C), named ``fc1..fc3``;
 266,610 parameters on MNIST. ``mlp`` is the same network with any hidden widths, optional BatchNorm and dropout.
+``logistic`` is logistic regression (binary with two classes), for paper 001's pixel-mask experiment.
 
 Initialisation: :func:`lth_runner.models.init.init_weights` (``model.init`` picks He or Glorot normal).
 """
@@ -13,6 +14,7 @@ import math
 from collections import OrderedDict
 from itertools import pairwise
 
+import torch
 from torch import nn
 
 from lth_runner.errors import ConfigError
@@ -58,3 +60,30 @@ def mlp(
 def lenet_300_100(input_shape: tuple[int, ...], num_classes: int, *, init: str = "kaiming_normal") -> nn.Module:
     """LeNet-300-100 (Frankle & Carbin 2019, Fig. 2)."""
     return init_weights(MLP(math.prod(input_shape), [300, 100], num_classes), init)
+
+
+class LogisticRegression(nn.Module):
+    """Logistic regression on the flattened input, ``fc`` its one linear layer. With two classes ``fc`` has one
+    output ``z`` (the logit of class 1) and the network returns ``[0, z]``, so the softmax cross-entropy is the
+    binary logistic loss ``log(1 + exp(-y z))`` and a mask on ``fc.weight`` is a mask on input pixels (paper 001,
+    Figs. 3-4); with more classes it is multinomial (one logit per class)."""
+
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.binary = num_classes == 2
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(in_features, 1 if self.binary else num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.fc(self.flatten(x))
+        return torch.cat([torch.zeros_like(z), z], dim=1) if self.binary else z
+
+
+def logistic(input_shape: tuple[int, ...], num_classes: int, *, init: str = "glorot_normal") -> nn.Module:
+    """Logistic regression, Glorot-initialised (seeded, so a reinit control differs), or started at zero."""
+    model = LogisticRegression(math.prod(input_shape), num_classes)
+    if init == "zeros":
+        nn.init.zeros_(model.fc.weight)
+        nn.init.zeros_(model.fc.bias)
+        return model
+    return init_weights(model, init)

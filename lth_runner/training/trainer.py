@@ -188,7 +188,9 @@ class Trainer:
         optim_cfg = self.optim_cfg
         if stage.weight_decay is not None:
             optim_cfg = dataclasses.replace(optim_cfg, weight_decay=stage.weight_decay)
-        self.optimizer = build_optimizer(self.model.parameters(), optim_cfg)
+        # a model may ask for parameter groups of its own (a relaxed mask's scores: own rate, no weight decay)
+        groups = getattr(self.model, "optimizer_groups", None)
+        self.optimizer = build_optimizer(groups() if groups is not None else self.model.parameters(), optim_cfg)
         self.steps_per_epoch = self.data.num_train_batches(stage.batch_size)
         self.step = stage.start_step
         result = StageResult(stage.key, stage.round, stage.phase, stage.density)
