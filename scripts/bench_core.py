@@ -17,6 +17,7 @@ import resource
 import statistics
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -27,8 +28,11 @@ from lth_runner.data.base import DataSpec, InMemoryData
 from lth_runner.data.transforms import BatchTransform
 from lth_runner.models import build_model
 from lth_runner.sparse import CRITERIA, Mask, MaskEnforcer, kept_count, prunable_parameters, prune_to_density
+from lth_runner.sparse.mask_penalties import penalty_of
+from lth_runner.sparse.relaxed_mask import MaskPenalty, ProjectToUnitBox, RelaxedMaskedModel
 from lth_runner.sparse.score_mask import ReselectTopK, ScoreMaskedModel
 from lth_runner.training import EnforceMask
+from lth_runner.training.optim import build_optimizer
 
 
 def peak_rss_mb() -> float:
@@ -149,6 +153,40 @@ def bench_score_step(arch: str, shape: tuple[int, ...], batch: int, blocks: int,
     return compared(arch, batch, "score_masked", dense_step, score_step, blocks, steps)
 
 
+def bench_relaxed_step(arch: str, shape: tuple[int, ...], batch: int, blocks: int, steps: int) -> dict[str, Any]:
+    """Median time of one dense SGD step against one relaxed-mask step (paper 001: forward with ``w * b * m``,
+    backward to the weights and the masks, the log penalty's gradient, SGD with the mask group, the projection
+    onto [0, 1]), interleaved block by block."""
+    dense_model = build_model(ModelConfig(arch=arch, name=arch, kwargs={}), shape, 10, seed=0)
+    relaxed = build_model(ModelConfig(arch=arch, name=arch, kwargs={}), shape, 10, seed=0)
+    wrapper = RelaxedMaskedModel(relaxed, list(prunable_parameters(relaxed)), mask_group={"weight_decay": 0.0})
+    cost, slope = penalty_of("mask_log", SimpleNamespace(eps=0.01, normalize=True))
+    hooks = (MaskPenalty(wrapper, cost, 1e-4, slope=slope), ProjectToUnitBox(wrapper))
+    sgd = SimpleNamespace(name="sgd", lr=0.01, momentum=0.9, nesterov=False, weight_decay=5e-4)
+    dense_optimizer = build_optimizer(dense_model.parameters(), sgd)
+    relaxed_optimizer = build_optimizer(wrapper.optimizer_groups(), sgd)
+    x = torch.randn(batch, *shape)
+    y = torch.randint(0, 10, (batch,))
+
+    def dense_step() -> None:
+        loss = F.cross_entropy(dense_model(x), y)
+        dense_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        dense_optimizer.step()
+
+    def relaxed_step() -> None:
+        loss = F.cross_entropy(wrapper(x), y)
+        relaxed_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        hooks[0].before_step(None)
+        relaxed_optimizer.step()
+        hooks[1].after_step(None)
+
+    dense_model.train()
+    wrapper.train()
+    return compared(arch, batch, "relaxed", dense_step, relaxed_step, blocks, steps)
+
+
 def bench_data(batch: int, epochs: int) -> dict[str, Any]:
     """Images per second of the in-memory CIFAR-shaped path: gather, random crop (pad 4), flip, normalise."""
     count = 50_000
@@ -196,6 +234,7 @@ def main() -> None:
     for key, bench, title, variant in (
         ("step", bench_step, "train step", "masked"),
         ("score_step", bench_score_step, "mask-search step", "score_masked"),
+        ("relaxed_step", bench_relaxed_step, "relaxed-mask step", "relaxed"),
     ):
         results[key] = [
             bench("lenet_300_100", (1, 28, 28), 128, blocks=6 if quick else 20, steps=20 if quick else 50),

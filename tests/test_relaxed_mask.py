@@ -18,7 +18,7 @@ from lth_runner.errors import ConfigError
 from lth_runner.methods.relaxed_mask import round_densities
 from lth_runner.session import run_experiment
 from lth_runner.sparse import Mask, kept_count
-from lth_runner.sparse.mask_penalties import mask_l1, mask_log
+from lth_runner.sparse.mask_penalties import mask_l1, mask_log, penalty_of
 from lth_runner.sparse.relaxed_mask import MaskPenalty, ProjectToUnitBox, RelaxedMaskedModel, TemperatureSchedule
 from lth_runner.training.optim import build_optimizer, load_state_keeping_hyperparameters, set_learning_rate
 from lth_runner.utils.io import read_jsonl
@@ -75,7 +75,8 @@ def test_the_penalty_hook_adds_lambda_times_the_slope_on_kept_entries_only():
     for score in wrapper.scores.values():
         score.grad = torch.full_like(score, 0.25)  # a data gradient already there: the penalty adds to it
     lam = 1e-3
-    MaskPenalty(wrapper, lambda m: mask_log(m, LOG_CFG), lam).before_step(None)
+    cost, slope = penalty_of("mask_log", LOG_CFG)
+    MaskPenalty(wrapper, cost, lam, slope=slope).before_step(None)  # the closed-form slope
     first, second = wrapper.score("0.weight").grad, wrapper.score("2.weight").grad
     assert torch.allclose(first, torch.full_like(first, 0.25 + lam * 0.424861), atol=1e-8)
     assert float(second[0, 0]) == pytest.approx(0.25)  # pruned by b: no penalty
@@ -93,9 +94,34 @@ def test_sigmoid_parameterisation_gradient_by_hand():
     wrapper.temperature.fill_(2.0)
     with torch.no_grad():
         wrapper.score("0.weight").fill_(0.3)
-    MaskPenalty(wrapper, lambda m: mask_l1(m, LOG_CFG), 0.1).before_step(None)
+    MaskPenalty(wrapper, lambda m: mask_l1(m, LOG_CFG), 0.1).before_step(None)  # autograd
+    assert torch.allclose(wrapper.score("0.weight").grad, torch.full((3, 4), 0.0915136), atol=1e-6)
+    wrapper.score("0.weight").grad = None
+    cost, slope = penalty_of("mask_l1", LOG_CFG)
+    MaskPenalty(wrapper, cost, 0.1, slope=slope).before_step(None)  # closed form
     assert torch.allclose(wrapper.score("0.weight").grad, torch.full((3, 4), 0.0915136), atol=1e-6)
     assert float(wrapper.values()["0.weight"][0, 0]) == pytest.approx(0.645656, abs=1e-6)  # unscaled
+
+
+@pytest.mark.parametrize("parameterisation", ["clip", "sigmoid"])
+@pytest.mark.parametrize("name", ["mask_l1", "mask_log"])
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_closed_form_penalty_gradients_equal_autograd(parameterisation, name, reduction):
+    grads = []
+    for use_slope in (True, False):
+        wrapper = RelaxedMaskedModel(tiny_net(), ["0.weight", "2.weight"], parameterisation=parameterisation,
+                                     init=1.0 if parameterisation == "clip" else 0.0)  # fmt: skip
+        wrapper.temperature.fill_(3.0)
+        with torch.no_grad():
+            for score in wrapper.scores.values():
+                score.copy_(torch.rand(score.shape, generator=torch.Generator().manual_seed(4)))
+        keep = {n: torch.rand(wrapper.keep(n).shape, generator=torch.Generator().manual_seed(5)) > 0.3
+                for n in wrapper.names}  # fmt: skip
+        wrapper.set_keep(keep)
+        cost, slope = penalty_of(name, LOG_CFG)
+        MaskPenalty(wrapper, cost, 0.01, slope=slope if use_slope else None, reduction=reduction).before_step(None)
+        grads.append([wrapper.score(n).grad.clone() for n in wrapper.names])
+    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(*grads))
 
 
 # ------------------------------------------------------------------------------------------------ mechanism

@@ -35,6 +35,8 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import torch
+
 from lth_runner.config.schema import RelaxedMaskConfig, RunConfig
 from lth_runner.errors import UserError
 from lth_runner.methods.controls import ControlStart, controls_from_init
@@ -163,9 +165,10 @@ def relaxed_hooks(cfg: RunConfig, wrapper: RelaxedMaskedModel, epochs: int) -> l
     """The penalty gradient and the parameterisation's own step: projection (clip) or the temperature (sigmoid)."""
     method, regularizer = cfg.method, cfg.regularizer
     hooks: list[Any] = []
-    cost = penalty_of(regularizer.name, regularizer) if regularizer.name != "none" else (lambda m: m * 0.0)
+    cost, slope = penalty_of(regularizer.name, regularizer) if regularizer.name != "none" else (torch.zeros_like, None)
     coefficient = regularizer.coefficient if regularizer.name != "none" else 0.0
-    hooks.append(MaskPenalty(wrapper, cost, coefficient, reduction=regularizer.reduction, threshold=method.threshold))
+    hooks.append(MaskPenalty(wrapper, cost, coefficient, slope=slope, reduction=regularizer.reduction,
+                             threshold=method.threshold))  # fmt: skip
     if method.mask_param == "clip":
         hooks.append(ProjectToUnitBox(wrapper))
     else:

@@ -120,12 +120,23 @@ class RelaxedMaskedModel(ScoreMaskedModel):
         self.temperature.fill_(1.0)
 
     @torch.no_grad()
+    def relaxed_and_derivative(self, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The forward mask ``m`` and ``dm / d(parameter)`` (None: 1, the clip parameterisation), detached."""
+        param = self.score(name)
+        if self.parameterisation == "clip":
+            return param.detach(), None
+        sig = torch.sigmoid(self.temperature * param)
+        return sig * self.scale, sig * (1 - sig) * (self.temperature * self.scale)
+
+    @torch.no_grad()
     def folded(self) -> dict[str, torch.Tensor]:
         """``theta * m * b`` for every masked weight: the relaxed network's effective weights."""
         return {n: self._weights[n].detach() * self.relaxed(n).detach() * self.keep(n) for n in self.names}
 
     def masked_weights(self) -> dict[str, torch.Tensor]:
-        return {n: self._weights[n] * self.relaxed(n) * self.keep(n) for n in self.names}
+        zero = torch.zeros((), dtype=next(iter(self._weights.values())).dtype)
+        return {n: torch.where(self.keep(n), self._weights[n] * self.relaxed(n), zero.to(self.keep(n).device))
+                for n in self.names}  # fmt: skip
 
     # ------------------------------------------------------------------------------------------- optimizer
     def optimizer_groups(self) -> list[dict[str, Any]]:
@@ -145,8 +156,9 @@ class MaskPenalty:
     """Trainer hook: adds ``d(lambda * R(m)) / d(mask parameter)`` to the mask gradients before every step.
 
     ``cost`` maps mask values to per-entry costs (:mod:`lth_runner.sparse.mask_penalties`); ``R`` sums them over
-    the entries ``b`` keeps (``reduction="mean"``: divides by their number). The penalty's graph is data-free (one
-    elementwise pass over the masks), so it is differentiated on its own rather than added to the loss."""
+    the entries ``b`` keeps (``reduction="mean"``: divides by their number). With ``slope`` (the cost's derivative
+    in closed form) the gradient is ``lambda * slope(m) * dm/dparam`` on the kept entries; without it, the data-free
+    graph of ``R`` is differentiated by autograd. Either way it is never added to the loss."""
 
     def __init__(
         self,
@@ -154,28 +166,42 @@ class MaskPenalty:
         cost: Callable[[torch.Tensor], torch.Tensor],
         coefficient: float,
         *,
+        slope: Callable[[torch.Tensor], torch.Tensor] | None = None,
         reduction: str = "sum",
         threshold: float = 0.5,
     ) -> None:
         if reduction not in ("sum", "mean"):
             raise ValueError(f"reduction={reduction!r}: expected sum or mean")
-        self.wrapper, self.cost, self.coefficient = wrapper, cost, coefficient
+        self.wrapper, self.cost, self.slope, self.coefficient = wrapper, cost, slope, coefficient
         self.reduction, self.threshold = reduction, threshold
+
+    def _entries(self) -> int:
+        """How many entries ``R`` averages over with ``reduction="mean"`` (1 with ``sum``)."""
+        if self.reduction == "sum":
+            return 1
+        return max(1, sum(int(self.wrapper.keep(n).sum()) for n in self.wrapper.names))
 
     def penalty(self) -> torch.Tensor:
         """``R(m)`` (differentiable in the mask parameters)."""
         w = self.wrapper
-        total = sum((self.cost(w.relaxed(n)) * w.keep(n)).sum() for n in w.names)
-        if self.reduction == "mean":
-            total = total / max(1, sum(int(w.keep(n).sum()) for n in w.names))
-        return total
+        return sum(torch.where(w.keep(n), self.cost(w.relaxed(n)), 0.0).sum() for n in w.names) / self._entries()
 
     def before_step(self, trainer: Any) -> None:
         if self.coefficient == 0.0:
             return
-        params = [self.wrapper.score(n) for n in self.wrapper.names]
-        with torch.enable_grad():
-            grads = torch.autograd.grad(self.coefficient * self.penalty(), params)
+        w = self.wrapper
+        params = [w.score(n) for n in w.names]
+        if self.slope is None:
+            with torch.enable_grad():
+                grads = list(torch.autograd.grad(self.coefficient * self.penalty(), params))
+        else:
+            scale, grads = self.coefficient / self._entries(), []
+            for name in w.names:
+                m, derivative = w.relaxed_and_derivative(name)
+                grad = self.slope(m)
+                if derivative is not None:
+                    grad.mul_(derivative)
+                grads.append(grad.masked_fill_(~w.keep(name), 0.0).mul_(scale))
         for param, grad in zip(params, grads):
             if param.grad is None:
                 param.grad = grad
