@@ -263,6 +263,7 @@ _COMMON_KEYS = (
     "dataset.train_subset",
     "dataset.test_subset",
     "regularizer.ceiling",
+    "regularizer.coefficient",
     "seed",
     "logger.wandb.mode",
     "paths.output_root",

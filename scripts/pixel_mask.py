@@ -105,14 +105,16 @@ def figures(args: argparse.Namespace, root: Path, sweep: dict[str, list[dict]], 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.2))
+    fig, (left, right, both) = plt.subplots(1, 3, figsize=(11, 3.2))
     for penalty, points in sweep.items():
         lams = [p["lambda"] for p in points]
         kept = [p for p in points if p["test_acc"] is not None]
         left.semilogx([p["lambda"] for p in kept], [p["test_acc"] for p in kept], marker="o", label=penalty)
         right.loglog(lams, [max(p["pixels"], 0.8) for p in points], marker="o", label=penalty)
+        both.semilogx([p["pixels"] for p in kept], [p["test_acc"] for p in kept], marker="o", label=penalty)
     left.set(xlabel="lambda", ylabel="test accuracy (%)", title="retrained at m > 0.5")
     right.set(xlabel="lambda", ylabel="pixels kept", title="sparsity vs lambda")
+    both.set(xlabel="pixels kept", ylabel="test accuracy (%)", title="accuracy vs pixels")
     left.legend()
     fig.tight_layout()
     fig.savefig(root / "fig3_lambda_sweep.png", dpi=120)

@@ -103,3 +103,24 @@ def test_magnitude_initialised_search_beats_edge_popup_from_random_scores_at_equ
     assert all(s - e >= 1.0 for s, e in zip(accuracy["sr_popup"], accuracy["edge_popup"]))
     # overlap with the magnitude mask, measured: SR-popup 0.966-0.974, edge-popup 0.162-0.170
     assert min(overlap["sr_popup"]) >= 0.93 and max(overlap["edge_popup"]) <= 0.3
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:MNIST. only the 10k test files")
+def test_a_learned_8_pixel_mask_separates_4_from_9_far_better_than_a_random_one(tmp_path):
+    """Paper 001 Figs. 3-4 (``experiment=concave/mnist01_pixels``) on the harder pair 4-vs-9 (0-vs-1 is at its
+    ceiling with a single pixel): logistic regression, the log-penalised relaxed mask thresholded to exactly 8
+    pixels, retrained from the initialisation; the control is 8 random pixels trained the same way.
+
+    Measured, seeds 0-2: learned 85.43 / 87.44 / 85.43%, random 57.54 / 60.30 / 62.81% (per-seed margins 27.9, 27.1,
+    22.6 points). Asserted: learned >= 80% and at least 10 points above random on every seed."""
+    for seed in (0, 1, 2):
+        cfg = build_run_config(compose_config([
+            "experiment=concave/mnist01_pixels", f"dataset.root={REAL_MNIST}", "dataset.classes=[4,9]",
+            "regularizer.coefficient=3e-3", "method.controls=[random_prune]", f"seed={seed}",
+            "logger.console=none", "logger.plots=false",
+        ]))  # fmt: skip
+        final = run_experiment(cfg, tmp_path / f"seed{seed}").to_dict()["rounds"][-1]
+        learned, random = final["ticket"]["test_acc"], final["controls"]["random_prune"]["test_acc"]
+        assert final["kept"] == 8
+        assert learned >= 0.80 and learned - random >= 0.10, (seed, learned, random)

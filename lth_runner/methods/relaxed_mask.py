@@ -39,7 +39,7 @@ import torch
 
 from lth_runner.config.schema import RelaxedMaskConfig, RunConfig
 from lth_runner.errors import UserError
-from lth_runner.methods.controls import ControlStart, controls_from_init
+from lth_runner.methods.controls import ControlStart, train_controls
 from lth_runner.methods.lth import RewindCapture
 from lth_runner.session import RunContext
 from lth_runner.sparse import Mask, MaskEnforcer, remaining_fraction
@@ -131,10 +131,11 @@ def learn_mask_then_retrain(run: RunContext) -> Summary:
         enforcer,
     )  # fmt: skip
     results.append(ticket)
-    controls = controls_from_init(
-        run, round_index=final_index, mask=mask, model=model, enforcer=enforcer, init_state=init_state,
-        results=results,
-    )  # fmt: skip
+    controls = {}
+    if method.controls:  # random_prune starts where the ticket started (the rewind point), as in IMP
+        controls = train_controls(run, method.controls, round_index=final_index, mask=mask, model=model,
+                                  enforcer=enforcer, start=start)  # fmt: skip
+        results.extend(controls.values())
     rounds.append(round_summary(final_index, mask.num_kept(), total, ticket, controls))
     return run.write_summary(total, results=results, final=ticket, kept=mask.num_kept(), round_index=final_index,
                              rounds=rounds, controls=controls, details={"relaxed": section}, complete=True)  # fmt: skip
@@ -195,7 +196,7 @@ def retrain_start(run: RunContext, wrapper: RelaxedMaskedModel, init_state: dict
             own = dict(model.named_parameters())
             for name, weight in folded.items():
                 own[name].data.copy_(weight)
-        return ControlStart({}, 0)
+        return ControlStart({k: v.detach().clone() for k, v in unwrap(model).state_dict().items()}, 0)
     if method.rewind_to == 0:
         unwrap(model).load_state_dict(init_state)
         return ControlStart(init_state, 0)
