@@ -13,7 +13,9 @@ training run (each relaxed round and CS round, each IMP round), rewinding to the
     python scripts/compare_relaxed.py --out outputs/concave_mnist_fast --methods "relaxed (l1),relaxed (log)" \
         --mask-lr 1.0                    # the masks 10x faster than the weights: the penalty's equilibrium
 
-Writes ``results.json``, prints a markdown table (mean +- std over seeds) and saves ``accuracy_vs_sparsity.png``.
+Writes ``results.json``, prints a markdown table (mean +- std over seeds) and saves ``accuracy_vs_sparsity.png``;
+the runs are under ``OUT/runs`` (``lth-run-report OUT/runs`` tabulates them with their cost), the calibration runs
+under ``OUT/calibration``.
 """
 
 from __future__ import annotations
@@ -115,8 +117,8 @@ def main() -> None:
                 extra.append(f"regularizer.coefficient={lam}")
             for seed in seeds:
                 label = method.replace(" ", "_").replace("(", "").replace(")", "")
-                summary = run(args, root / label / f"s{sparsity}" / f"seed{seed}", [*extra, f"sparsity={sparsity}",
-                                                                                    f"seed={seed}"])  # fmt: skip
+                out = root / "runs" / label / f"s{sparsity}" / f"seed{seed}"
+                summary = run(args, out, [*extra, f"sparsity={sparsity}", f"seed={seed}"])
                 results[method][sparsity].append(100 * summary["final"]["test_acc"])
                 print(f"{method:14s} s={sparsity} seed={seed}: {results[method][sparsity][-1]:.2f}% "
                       f"(density {100 * summary['final']['density']:.2f}%)", flush=True)  # fmt: skip
