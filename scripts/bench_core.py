@@ -117,21 +117,19 @@ def compared(
     }
 
 
-def bench_score_step(arch: str, shape: tuple[int, ...], batch: int, blocks: int, steps: int) -> dict[str, Any]:
-    """Median time of one dense SGD step against one score-masked step (mask search on frozen weights: forward
-    with ``w * b``, straight-through backward to the scores, SGD on the scores, exact per-layer top-k re-selection
-    at 10% density), interleaved block by block."""
+def against_dense(
+    arch: str,
+    shape: tuple[int, ...],
+    batch: int,
+    variant: str,
+    build: Callable[..., Callable[[Any, Any], None]],
+    blocks: int,
+    steps: int,
+) -> dict[str, Any]:
+    """``compared`` for a dense SGD step and the step ``build(model)`` returns for a second copy of the model."""
     dense_model = build_model(ModelConfig(arch=arch, name=arch, kwargs={}), shape, 10, seed=0)
-    searched = build_model(ModelConfig(arch=arch, name=arch, kwargs={}), shape, 10, seed=0)
-    weights = prunable_parameters(searched)
-    generator = torch.Generator().manual_seed(0)
-    scores = {n: torch.rand(w.shape, generator=generator) for n, w in weights.items()}
-    wrapper = ScoreMaskedModel(searched, scores, {n: kept_count(w.numel(), 0.1) for n, w in weights.items()})
-    reselect = ReselectTopK(wrapper)
+    variant_step = build(build_model(ModelConfig(arch=arch, name=arch, kwargs={}), shape, 10, seed=0))
     dense_optimizer = torch.optim.SGD(dense_model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, foreach=True)
-    score_optimizer = torch.optim.SGD(
-        [p for p in wrapper.parameters() if p.requires_grad], lr=0.1, momentum=0.9, weight_decay=5e-4, foreach=True
-    )
     x = torch.randn(batch, *shape)
     y = torch.randint(0, 10, (batch,))
 
@@ -141,50 +139,62 @@ def bench_score_step(arch: str, shape: tuple[int, ...], batch: int, blocks: int,
         loss.backward()
         dense_optimizer.step()
 
-    def score_step() -> None:
-        loss = F.cross_entropy(wrapper(x), y)
-        score_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        score_optimizer.step()
-        reselect.after_step(None)
-
     dense_model.train()
-    wrapper.train()
-    return compared(arch, batch, "score_masked", dense_step, score_step, blocks, steps)
+    return compared(arch, batch, variant, dense_step, lambda: variant_step(x, y), blocks, steps)
+
+
+def bench_score_step(arch: str, shape: tuple[int, ...], batch: int, blocks: int, steps: int) -> dict[str, Any]:
+    """Median time of one dense SGD step against one score-masked step (mask search on frozen weights: forward
+    with ``w * b``, straight-through backward to the scores, SGD on the scores, exact per-layer top-k re-selection
+    at 10% density), interleaved block by block."""
+
+    def build(searched: torch.nn.Module) -> Callable[[Any, Any], None]:
+        weights = prunable_parameters(searched)
+        generator = torch.Generator().manual_seed(0)
+        scores = {n: torch.rand(w.shape, generator=generator) for n, w in weights.items()}
+        wrapper = ScoreMaskedModel(searched, scores, {n: kept_count(w.numel(), 0.1) for n, w in weights.items()})
+        reselect = ReselectTopK(wrapper)
+        optimizer = torch.optim.SGD(
+            [p for p in wrapper.parameters() if p.requires_grad], lr=0.1, momentum=0.9, weight_decay=5e-4, foreach=True
+        )
+        wrapper.train()
+
+        def score_step(x: torch.Tensor, y: torch.Tensor) -> None:
+            loss = F.cross_entropy(wrapper(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            reselect.after_step(None)
+
+        return score_step
+
+    return against_dense(arch, shape, batch, "score_masked", build, blocks, steps)
 
 
 def bench_relaxed_step(arch: str, shape: tuple[int, ...], batch: int, blocks: int, steps: int) -> dict[str, Any]:
     """Median time of one dense SGD step against one relaxed-mask step (paper 001: forward with ``w * b * m``,
     backward to the weights and the masks, the log penalty's gradient, SGD with the mask group, the projection
     onto [0, 1]), interleaved block by block."""
-    dense_model = build_model(ModelConfig(arch=arch, name=arch, kwargs={}), shape, 10, seed=0)
-    relaxed = build_model(ModelConfig(arch=arch, name=arch, kwargs={}), shape, 10, seed=0)
-    wrapper = RelaxedMaskedModel(relaxed, list(prunable_parameters(relaxed)), mask_group={"weight_decay": 0.0})
-    cost, slope = penalty_of("mask_log", SimpleNamespace(eps=0.01, normalize=True))
-    hooks = (MaskPenalty(wrapper, cost, 1e-4, slope=slope), ProjectToUnitBox(wrapper))
-    sgd = SimpleNamespace(name="sgd", lr=0.01, momentum=0.9, nesterov=False, weight_decay=5e-4)
-    dense_optimizer = build_optimizer(dense_model.parameters(), sgd)
-    relaxed_optimizer = build_optimizer(wrapper.optimizer_groups(), sgd)
-    x = torch.randn(batch, *shape)
-    y = torch.randint(0, 10, (batch,))
 
-    def dense_step() -> None:
-        loss = F.cross_entropy(dense_model(x), y)
-        dense_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        dense_optimizer.step()
+    def build(relaxed: torch.nn.Module) -> Callable[[Any, Any], None]:
+        wrapper = RelaxedMaskedModel(relaxed, list(prunable_parameters(relaxed)), mask_group={"weight_decay": 0.0})
+        cost, slope = penalty_of("mask_log", SimpleNamespace(eps=0.01, normalize=True))
+        penalty, project = MaskPenalty(wrapper, cost, 1e-4, slope=slope), ProjectToUnitBox(wrapper)
+        sgd = SimpleNamespace(name="sgd", lr=0.01, momentum=0.9, nesterov=False, weight_decay=5e-4)
+        optimizer = build_optimizer(wrapper.optimizer_groups(), sgd)
+        wrapper.train()
 
-    def relaxed_step() -> None:
-        loss = F.cross_entropy(wrapper(x), y)
-        relaxed_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        hooks[0].before_step(None)
-        relaxed_optimizer.step()
-        hooks[1].after_step(None)
+        def relaxed_step(x: torch.Tensor, y: torch.Tensor) -> None:
+            loss = F.cross_entropy(wrapper(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            penalty.before_step(None)
+            optimizer.step()
+            project.after_step(None)
 
-    dense_model.train()
-    wrapper.train()
-    return compared(arch, batch, "relaxed", dense_step, relaxed_step, blocks, steps)
+        return relaxed_step
+
+    return against_dense(arch, shape, batch, "relaxed", build, blocks, steps)
 
 
 def bench_data(batch: int, epochs: int) -> dict[str, Any]:

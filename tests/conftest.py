@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -69,3 +70,23 @@ def run_cli(
     if check and result.returncode != 0:
         raise AssertionError(f"lth-run {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return result
+
+
+def assert_killed_run_resumes_identically(
+    tmp_path: Path, overrides: list[str], kill_at: str, masks: list[str], data_root: Path
+) -> None:
+    """Run ``overrides`` once uninterrupted and once SIGKILLed at ``kill_at`` (``<stage key>:<step>``, through
+    ``tests.fault_injection``) and resumed: the summaries (without timings) and the ``masks`` must be identical."""
+    from lth_runner.sparse import Mask
+
+    reference = run_cli(*overrides, f"hydra.run.dir={tmp_path / 'reference'}", data_root=data_root)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    killed = run_cli(*overrides, f"hydra.run.dir={tmp_path / 'run'}", "plugins=[tests.fault_injection]",
+                     data_root=data_root, env={"LTH_KILL_AT": kill_at})  # fmt: skip
+    assert killed.returncode == -9
+    resumed = run_cli(*overrides, f"hydra.run.dir={tmp_path / 'run'}", data_root=data_root)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    first, second = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("reference", "run"))
+    assert without_timings(first) == without_timings(second)
+    for name in masks:
+        assert Mask.load(tmp_path / f"run/masks/{name}.pt") == Mask.load(tmp_path / f"reference/masks/{name}.pt")

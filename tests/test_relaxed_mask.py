@@ -22,7 +22,7 @@ from lth_runner.sparse.mask_penalties import mask_l1, mask_log, penalty_of
 from lth_runner.sparse.relaxed_mask import MaskPenalty, ProjectToUnitBox, RelaxedMaskedModel, TemperatureSchedule
 from lth_runner.training.optim import build_optimizer, load_state_keeping_hyperparameters, set_learning_rate
 from lth_runner.utils.io import read_jsonl
-from tests.conftest import run_cli, without_timings
+from tests.conftest import assert_killed_run_resumes_identically
 
 BASE = [
     "model=mlp",
@@ -251,39 +251,34 @@ def test_the_ticket_trains_exactly_the_thresholded_mask(tmp_path, data_root, ove
 def test_a_relaxed_run_killed_mid_epoch_resumes_to_the_same_summary_and_masks(tmp_path, data_root):
     overrides = [*BASE, "method=cs", "method.rounds=2", "method.threshold_mode=target", "method.rewind_to=1",
                  "logger.console=plain"]  # fmt: skip
-    reference = run_cli(*overrides, f"hydra.run.dir={tmp_path / 'reference'}", data_root=data_root)
-    assert reference.returncode == 0, reference.stderr[-2000:]
-    killed = run_cli(
-        *overrides,
-        f"hydra.run.dir={tmp_path / 'run'}",
-        "plugins=[tests.fault_injection]",
-        data_root=data_root,
-        env={"LTH_KILL_AT": "round02/relaxed:20"},  # 12 steps per epoch: round 2, second epoch (beta > 1)
-    )
-    assert killed.returncode == -9
-    resumed = run_cli(*overrides, f"hydra.run.dir={tmp_path / 'run'}", data_root=data_root)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    first, second = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("reference", "run"))
-    assert without_timings(first) == without_timings(second)
-    for name in ("round_01", "round_02"):
-        assert Mask.load(tmp_path / f"run/masks/{name}.pt") == Mask.load(tmp_path / f"reference/masks/{name}.pt")
+    # 12 steps per epoch: round 2, second epoch (beta > 1)
+    assert_killed_run_resumes_identically(tmp_path, overrides, "round02/relaxed:20", ["round_01", "round_02"],
+                                          data_root)  # fmt: skip
 
 
-def test_bad_relaxed_options_fail_in_one_line(data_root):
-    with pytest.raises(ConfigError, match="regularizer='mask_log' is not accepted: expected linear, loglaw"):
-        config(data_root, "method=unilth", "regularizer=mask_log")
-    with pytest.raises(ConfigError, match="regularizer='linear' is not accepted: expected mask_l1, mask_log or none"):
-        config(data_root, "method=relaxed_mask", "regularizer=linear")
-    with pytest.raises(ConfigError, match="regularizer='mask_l1' is not accepted: expected none with method=lth_iter"):
-        config(data_root, "method=lth_iter", "regularizer=mask_l1")
-    with pytest.raises(ConfigError, match="method.mask_init"):
-        config(data_root, "method=relaxed_mask", "method.mask_init=1.5")
-    with pytest.raises(ConfigError, match="method.rewind_to"):
-        config(data_root, "method=relaxed_mask", "method.rewind_to=3")
-    with pytest.raises(ConfigError, match="regularizer.name='mask_lg'"):
-        config(data_root, "method=relaxed_mask", "regularizer.name=mask_lg")
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["method=unilth", "regularizer=mask_log"], "regularizer='mask_log' is not accepted: expected linear, loglaw"),
+        (
+            ["method=relaxed_mask", "regularizer=linear"],
+            "regularizer='linear' is not accepted: expected mask_l1",
+        ),
+        (["method=lth_iter", "regularizer=mask_l1"], "regularizer='mask_l1' is not accepted: expected none with met"),
+        (["method=relaxed_mask", "method.mask_init=1.5"], "method.mask_init"),
+        (["method=relaxed_mask", "method.rewind_to=3"], "method.rewind_to"),
+        (["method=relaxed_mask", "regularizer.name=mask_lg"], "regularizer.name='mask_lg'"),
+    ],
+)
+def test_bad_relaxed_options_fail_in_one_line(data_root, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        config(data_root, *overrides)
+
+
+def test_cs_takes_its_published_penalty_and_parameterisation(data_root):
     cs = config(data_root, "method=cs")
     assert (cs.regularizer.name, cs.regularizer.coefficient, cs.method.mask_param) == ("mask_l1", 1e-8, "sigmoid")
+    assert (cs.method.rounds, cs.method.round_reset, cs.method.rewind_to, cs.method.final_temp) == (3, "soft", 2, 200)
 
 
 # ------------------------------------------------------------------------------------------ pixel experiment
