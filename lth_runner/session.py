@@ -204,7 +204,7 @@ class RunContext:
             stage, hooks_with(enforcer, hooks), keep_best_state=keep_best_state, optimizer_state=optimizer_state
         )
         if distributed.is_main():
-            if keep_weights:
+            if keep_weights or self.cfg.trainer.keep_round_weights:  # every stage's, to analyse any of them
                 save_torch_atomic(self.weights_path(stage.key), unwrap(model).state_dict())
             if keep_best_state and trainer.best_state is not None:
                 save_torch_atomic(self.weights_path(stage.key, "best"), trainer.best_state)

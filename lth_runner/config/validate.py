@@ -327,3 +327,15 @@ def _describe(hint: Any, *, item: bool = False) -> str:
     if origin is typing.Union or str(type(hint)).endswith("UnionType'>"):
         return " or ".join("null" if a is type(None) else _describe(a) for a in args)
     return _NAMES.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def read_run_config(path: str | Any) -> RunConfig:
+    """The :class:`RunConfig` of a run directory's ``config.yaml`` (the validated configuration it was run with)."""
+    from pathlib import Path
+
+    data = OmegaConf.to_container(OmegaConf.load(Path(path)), resolve=True)
+    assert isinstance(data, dict)
+    model = dict(data.get("model", {}))
+    model.update(model.pop("kwargs", None) or {})  # written nested, given flat
+    data["model"] = model
+    return build_run_config(data)

@@ -139,7 +139,7 @@ def iterative_magnitude_pruning(run: RunContext, *, one_shot: bool) -> Summary:
             Stage(ticket_key, round_index, "ticket", epochs, start_step=start.step, density=mask.density()),
             model,
             enforcer,
-            keep_weights=round_index < len(densities),
+            keep_weights=True,  # the next round prunes them; the last round's are the run's ticket (analysis)
             keep_best_state=keep_best,
         )
         results.append(ticket)
