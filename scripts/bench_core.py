@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from lth_runner.analysis import hessian
 from lth_runner.config.schema import ModelConfig
 from lth_runner.data.base import DataSpec, InMemoryData
 from lth_runner.data.transforms import BatchTransform
@@ -197,6 +198,40 @@ def bench_relaxed_step(arch: str, shape: tuple[int, ...], batch: int, blocks: in
     return against_dense(arch, shape, batch, "relaxed", build, blocks, steps)
 
 
+def bench_hessian_trace(examples: int, repeats: int) -> dict[str, Any]:
+    """Seconds of ``lth-run-analyze``'s Hessian trace for a LeNet-300-100 ticket (10% of the weights kept at random)
+    on ``examples`` MNIST-shaped inputs: Hutchinson with PyHessian's defaults (at most 100 probes, tol 1e-3), and
+    the cost of one Hessian-vector product; medians over ``repeats``."""
+    model = build_model(ModelConfig(arch="lenet_300_100", name="lenet_300_100", kwargs={}), (1, 28, 28), 10, seed=0)
+    generator = torch.Generator().manual_seed(0)
+    masks = {n: torch.rand(p.shape, generator=generator) < 0.1 for n, p in prunable_parameters(model).items()}
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in masks:
+                param.mul_(masks[name])
+    batches = [
+        (torch.randn(examples, 1, 28, 28, generator=generator), torch.randint(0, 10, (examples,), generator=generator))
+    ]
+    operator = hessian.HessianOperator(model, batches, *hessian.subnetwork(model, masks, "unpruned"))
+    seconds, products, probes = [], [], []
+    for repeat in range(repeats + 1):
+        start = time.perf_counter()
+        estimate = hessian.hutchinson_trace(operator, generator=torch.Generator().manual_seed(repeat))
+        if repeat:  # the first warms up
+            seconds.append(time.perf_counter() - start)
+            probes.append(estimate.iterations)
+    for _ in range(10):
+        start = time.perf_counter()
+        operator([torch.ones_like(p) for p in operator.params])
+        products.append(time.perf_counter() - start)
+    return {
+        "examples": examples,
+        "trace_seconds_median": round(statistics.median(seconds), 3),
+        "probes_median": statistics.median(probes),
+        "hvp_ms_median": round(1000 * statistics.median(products), 2),
+    }
+
+
 def bench_data(batch: int, epochs: int) -> dict[str, Any]:
     """Images per second of the in-memory CIFAR-shaped path: gather, random crop (pad 4), flip, normalise."""
     count = 50_000
@@ -257,6 +292,14 @@ def main() -> None:
                 f"(median of {row['steps_each']} steps each)",
                 flush=True,
             )
+    results["hessian_trace"] = bench_hessian_trace(1000, 2 if quick else 5)
+    trace = results["hessian_trace"]
+    print(
+        f"Hessian trace (Hutchinson, LeNet-300-100 ticket at 10%, {trace['examples']} examples): median "
+        f"{trace['trace_seconds_median']} s for {trace['probes_median']} probes, {trace['hvp_ms_median']} ms per "
+        f"Hessian-vector product",
+        flush=True,
+    )
     results["data"] = [bench_data(128, 2 if quick else 5), bench_data(512, 2 if quick else 5)]
     for row in results["data"]:
         print(
