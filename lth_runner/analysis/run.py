@@ -111,7 +111,47 @@ def analyze_run(run_dir: str | Path, options: AnalysisOptions | None = None) -> 
         weights.plot_distribution(trained, init, masks, str(out_dir / "weights.png"))
     record["seconds"] = round(time.perf_counter() - started, 3)
     write_json_atomic(out_dir / "analysis.json", record)
+    record["wandb"] = log_to_wandb(cfg, run_dir, record, out_dir)
     return record
+
+
+def log_to_wandb(cfg: Any, run_dir: Path, record: dict[str, Any], out_dir: Path) -> str | None:
+    """Add the analysis to the run's own W&B run (its id in ``wandb_run_id``), when W&B is enabled for it:
+    ``analysis/round_XX/*`` summary keys, the figures as images and the folder as an ``analysis`` artifact.
+    Never fails the analysis: a problem is one warning line. Returns the mode used (None: not logged)."""
+    from lth_runner.tracking.wandb_sink import RUN_ID_FILE, resolve_mode
+
+    mode = resolve_mode(cfg.logger.wandb.mode)
+    id_path = run_dir / RUN_ID_FILE
+    if mode == "disabled" or not id_path.is_file():
+        return None
+    prefix = f"analysis/round_{record['round']:02d}"
+    flat = {f"{prefix}/hessian_trace": record.get("hessian", {}).get("trace"),
+            f"{prefix}/top_eigenvalue": record.get("hessian", {}).get("top_eigenvalue"),
+            f"{prefix}/distance_from_init": record["distance_from_init"]["l2"]}  # fmt: skip
+    for name in ("spike_and_slab", "gaussian_zero_mean"):
+        if "pac_bayes" in record:
+            flat[f"{prefix}/bound_{name}"] = record["pac_bayes"][name]["bound"]
+    try:
+        import wandb
+
+        wb = cfg.logger.wandb
+        run = wandb.init(project=wb.project, entity=wb.entity, id=id_path.read_text().strip(), resume="allow",
+                         dir=str(run_dir.resolve()), mode="offline" if mode == "offline" else "online")  # fmt: skip
+        run.summary.update({k: v for k, v in flat.items() if v is not None})
+        images = {f"{prefix}/{p.stem}": wandb.Image(str(p)) for p in sorted(out_dir.glob("*.png"))}
+        if images:
+            run.log(images)
+        artifact = wandb.Artifact(f"analysis-{run.id}", type="analysis")
+        artifact.add_dir(str(out_dir), name=f"round_{record['round']:02d}")
+        run.log_artifact(artifact)
+        run.finish()
+    except Exception as err:  # noqa: BLE001 - W&B is a view; the JSON on disk is the result
+        import warnings
+
+        warnings.warn(f"wandb: the analysis was not logged ({type(err).__name__}: {err})", stacklevel=2)
+        return None
+    return mode
 
 
 def _stage(summary: dict[str, Any], round_index: int | None) -> tuple[str, int]:
