@@ -164,7 +164,11 @@ class MethodConfig:
 class LTHConfig(MethodConfig):
     """Lottery ticket hypothesis (Frankle & Carbin 2019; late rewinding: Frankle et al. 2020)."""
 
-    criterion: str = option("magnitude", registry="criteria", help="pruning criterion (magnitude, random, ...)")
+    criterion: str = option(
+        "magnitude",
+        registry="criteria",
+        help="pruning criterion (magnitude = large_final, small_final, random, snip, grasp)",
+    )
     rewind_to: int = option(0, ge=0, help="0: rewind to the initialisation; k: to the state after k epochs/its")
     rewind_unit: str = option("epoch", choices=("epoch", "iteration"), help="unit of rewind_to")
     prune_from: str = option("final", choices=("final", "best_val"), help="which trained weights are ranked")
