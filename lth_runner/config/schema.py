@@ -99,6 +99,17 @@ class DatasetConfig:
     classes: list[int] | None = option(
         None, items=dict(ge=0), help="keep only these classes, relabelled 0..K-1 in this order (e.g. [0, 1])"
     )
+    label_noise: float = option(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        help="fraction of training labels replaced by a random class, val/test clean (paper 002, Sec. 3.1)",
+    )
+    label_noise_mode: str = option(
+        "other",
+        choices=("other", "any"),
+        help="other: each chosen label becomes another class; any: a uniform class that may be the true one",
+    )
     augment: bool = option(False, help="random crop (with padding) + horizontal flip, image data only")
     crop_padding: int = option(4, ge=0, help="padding of the random crop")
     download: bool = option(True, help="download missing files when online")
