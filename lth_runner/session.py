@@ -240,6 +240,28 @@ class RunContext:
         distributed.barrier()
         return result
 
+    def measured(self, key: str, split: str = "train") -> tuple[float, float] | None:
+        """The loss and accuracy :meth:`measure` kept for ``key`` on ``split`` (None: not measured yet)."""
+        value = self.state.get("measures", {}).get(f"{key}@{split}")
+        return (float(value[0]), float(value[1])) if value is not None else None
+
+    def measure(self, model: nn.Module, key: str, split: str = "train") -> tuple[float, float] | None:
+        """Mean loss and accuracy of ``model`` as it is on ``split`` ("train" included), evaluated as validation is
+        (eval mode, no augmentation, every example once): computed once and kept in ``state.json`` under ``key``,
+        so a resumed run reads the figure back even after the weights it was measured on were released."""
+        done = self.measured(key, split)
+        if done is not None:
+            return done
+        evaluator = Trainer(
+            model, self.data, optim=self.cfg.optim, trainer=dataclasses.replace(self.cfg.trainer, compile=False)
+        )
+        value = evaluator.evaluate(split)
+        if value is not None:
+            self.state.setdefault("measures", {})[f"{key}@{split}"] = list(value)
+            self._save_state()
+        distributed.barrier()
+        return value
+
     def forward_module(self, model: nn.Module) -> nn.Module:
         """``model`` itself, or (several processes) its DistributedDataParallel wrapper, made once per model."""
         if distributed.world_size() == 1:
@@ -258,12 +280,13 @@ class RunContext:
             raise UserError(f"{path} is missing; the run directory is incomplete (remove it to start over)")
         return torch.load(path, map_location=self.device, weights_only=True)
 
-    def release_weights(self, key: str) -> None:
-        """Delete a stage's saved weights once no later step needs them (unless every round's are kept)."""
+    def release_weights(self, key: str, which: Iterable[str] = ("final", "best")) -> None:
+        """Delete a stage's saved weights (``which`` of them) once no later step needs them (unless every round's
+        are kept)."""
         if self.cfg.trainer.keep_round_weights or not distributed.is_main():
             return
-        for which in ("final", "best"):
-            self.weights_path(key, which).unlink(missing_ok=True)
+        for kind in which:
+            self.weights_path(key, kind).unlink(missing_ok=True)
 
     # ----------------------------------------------------------------------------------------- masks
     def mask_path(self, name: str) -> Path:

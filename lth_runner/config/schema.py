@@ -188,8 +188,19 @@ class LTHConfig(MethodConfig):
         None, help="lth: retrain this saved mask (a mask file or run directory) instead of pruning by the criterion"
     )
     mask_name: str | None = option(None, help="with method.mask a run directory: which of its masks (e.g. search)")
+    record_train_drops: bool = option(
+        False,
+        help="per round: training accuracy after pruning, rewinding and retraining minus the trained network's "
+        "(paper 002, Table 2; up to four evaluations of the training split per round)",
+    )
 
     def check(self, run: RunConfig) -> None:
+        if self.record_train_drops and self.mask is not None and self.rewind_to == 0:
+            raise ConfigError(
+                "method.record_train_drops",
+                True,
+                "false with method.mask and method.rewind_to=0 (no trained network to measure the drops against)",
+            )
         if self.rewind_unit == "epoch" and self.rewind_to >= run.trainer.epochs:
             raise ConfigError(
                 "method.rewind_to",
