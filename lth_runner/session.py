@@ -280,13 +280,12 @@ class RunContext:
             raise UserError(f"{path} is missing; the run directory is incomplete (remove it to start over)")
         return torch.load(path, map_location=self.device, weights_only=True)
 
-    def release_weights(self, key: str, which: Iterable[str] = ("final", "best")) -> None:
-        """Delete a stage's saved weights (``which`` of them) once no later step needs them (unless every round's
-        are kept)."""
+    def release_weights(self, key: str) -> None:
+        """Delete a stage's saved weights once no later step needs them (unless every round's are kept)."""
         if self.cfg.trainer.keep_round_weights or not distributed.is_main():
             return
-        for kind in which:
-            self.weights_path(key, kind).unlink(missing_ok=True)
+        for which in ("final", "best"):
+            self.weights_path(key, which).unlink(missing_ok=True)
 
     # ----------------------------------------------------------------------------------------- masks
     def mask_path(self, name: str) -> Path:

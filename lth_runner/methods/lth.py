@@ -147,15 +147,13 @@ def iterative_magnitude_pruning(run: RunContext, *, one_shot: bool) -> Summary:
             Stage(ticket_key, round_index, "ticket", epochs, start_step=start.step, density=mask.density()),
             model,
             enforcer,
-            keep_weights=round_index < len(densities) or method.record_train_drops,
+            keep_weights=True,  # the next round prunes them; the last round's are the run's ticket (analysis)
             keep_best_state=keep_best,
         )
         results.append(ticket)
         if method.record_train_drops:
             drops = _train_drops(run, model, round_index, ticket_key, mask, before)
             details.setdefault("train_drops", []).append(drops)
-            if round_index == len(densities):  # the final weights were kept only to be measured
-                run.release_weights(ticket_key, which=("final",))
         controls = {}
         if round_index in control_rounds and method.controls:
             controls = train_controls(
