@@ -103,6 +103,8 @@ for _name, (_target, _config, _regularizer) in _METHODS.items():
 
 # ------------------------------------------------------------------------------------- criteria, optim, laws
 CRITERIA.declare("magnitude", "lth_runner.sparse.criteria:magnitude")
+CRITERIA.declare("large_final", "lth_runner.sparse.criteria:large_final")  # = magnitude (Zhou et al. 2019)
+CRITERIA.declare("small_final", "lth_runner.sparse.criteria:small_final")
 CRITERIA.declare("random", "lth_runner.sparse.criteria:random")
 CRITERIA.declare("snip", "lth_runner.sparse.criteria:snip")
 CRITERIA.declare("grasp", "lth_runner.sparse.criteria:grasp")

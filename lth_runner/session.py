@@ -240,6 +240,28 @@ class RunContext:
         distributed.barrier()
         return result
 
+    def measured(self, key: str, split: str = "train") -> tuple[float, float] | None:
+        """The loss and accuracy :meth:`measure` kept for ``key`` on ``split`` (None: not measured yet)."""
+        value = self.state.get("measures", {}).get(f"{key}@{split}")
+        return (float(value[0]), float(value[1])) if value is not None else None
+
+    def measure(self, model: nn.Module, key: str, split: str = "train") -> tuple[float, float] | None:
+        """Mean loss and accuracy of ``model`` as it is on ``split`` ("train" included), evaluated as validation is
+        (eval mode, no augmentation, every example once): computed once and kept in ``state.json`` under ``key``,
+        so a resumed run reads the figure back even after the weights it was measured on were released."""
+        done = self.measured(key, split)
+        if done is not None:
+            return done
+        evaluator = Trainer(
+            model, self.data, optim=self.cfg.optim, trainer=dataclasses.replace(self.cfg.trainer, compile=False)
+        )
+        value = evaluator.evaluate(split)
+        if value is not None:
+            self.state.setdefault("measures", {})[f"{key}@{split}"] = list(value)
+            self._save_state()
+        distributed.barrier()
+        return value
+
     def forward_module(self, model: nn.Module) -> nn.Module:
         """``model`` itself, or (several processes) its DistributedDataParallel wrapper, made once per model."""
         if distributed.world_size() == 1:

@@ -75,6 +75,13 @@ def test_groups_compose_models_datasets_methods():
         ("method.criterion=magnitud", "method.criterion='magnitud' is not accepted: did you mean magnitude?"),
         ("dataset=mnist1d", "model='resnet20' is not accepted: expected a model for flat inputs with dataset=mnist1d"),
         ("plugins=[no_such_module_xyz]", "plugins='no_such_module_xyz' is not accepted: expected an importable module"),
+        ("dataset.label_noise=1.5", "dataset.label_noise=1.5 is not accepted: expected a number >= 0.0 and <= 1.0"),
+        ("dataset.label_noise_mode=sym", "dataset.label_noise_mode='sym' is not accepted: expected one of: other, any"),
+        ("method.criterion=small", "method.criterion='small' is not accepted: did you mean small_final?"),
+        (
+            "method=lth method.mask=m.pt method.record_train_drops=true",
+            "method.record_train_drops=True is not accepted: expected false with method.mask and method.rewind_to=0",
+        ),
     ],
 )
 def test_bad_values_fail_with_one_line_naming_key_value_and_accepted(override, expected):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -104,3 +106,65 @@ def test_mnist1d_is_generated_once_and_cached(tmp_path):
     assert first.spec.input_shape == (40,) and first.spec.num_classes == 10
     assert first.size("train") == 700 and first.size("val") == 100 and first.size("test") == 200
     assert torch.equal(first.tensors("train")[0], second.tensors("train")[0])
+
+
+# ------------------------------------------------------------------------------------ label noise (paper 002)
+def _noisy(fraction, mode="other", split_seed=0, **kwargs):
+    cfg = SyntheticConfig(
+        name="synthetic", shape=[6], num_classes=4, dtype="float32", train_size=400, test_size=50, val_size=0.1,
+        split_seed=split_seed, label_noise=fraction, label_noise_mode=mode, **kwargs,
+    )  # fmt: skip
+    return build_data(cfg, batch_size=32)
+
+
+def test_label_noise_flips_exactly_the_asked_fraction_of_training_labels_to_another_class():
+    clean, noisy = _noisy(0.0), _noisy(0.25)
+    (x, y), (noisy_x, noisy_y) = clean.tensors("train"), noisy.tensors("train")
+    assert torch.equal(x, noisy_x) and y.numel() == 360
+    flipped = noisy_y != y
+    assert int(flipped.sum()) == round(0.25 * 360) == 90  # exact count, every redrawn label is wrong (mode other)
+    assert int(noisy_y.min()) >= 0 and int(noisy_y.max()) < 4
+    for split in ("val", "test"):  # held out before the noise: clean
+        assert all(torch.equal(a, b) for a, b in zip(clean.tensors(split), noisy.tensors(split)))
+    assert noisy.label_noise.realised == 0.25 and "90 of 360 training labels wrong (25.00%" in noisy.describe()
+    # the other classes are drawn uniformly: 90 flips over 3 shifts of the true class, none of them 0
+    shifts = torch.bincount((noisy_y[flipped] - y[flipped]) % 4, minlength=4).tolist()
+    assert shifts[0] == 0 and all(15 <= s <= 45 for s in shifts[1:]), shifts
+    assert _noisy(1.0).label_noise.changed == 360
+
+
+def test_label_noise_is_seeded_by_the_split_seed():
+    first, again = _noisy(0.2).tensors("train")[1], _noisy(0.2).tensors("train")[1]
+    assert torch.equal(first, again)
+    other = _noisy(0.2, split_seed=1)  # another split too: compare the flipped sets by example
+    clean = _noisy(0.0, split_seed=1)
+    flips_0 = set(_noisy(0.0).tensors("train")[0][first != _noisy(0.0).tensors("train")[1]][:, 0].tolist())
+    flips_1 = set(clean.tensors("train")[0][other.tensors("train")[1] != clean.tensors("train")[1]][:, 0].tolist())
+    assert len(flips_0) == len(flips_1) == 72 and flips_0 != flips_1
+
+
+def test_label_noise_mode_any_redraws_the_count_among_all_classes():
+    clean, noisy = _noisy(0.0).tensors("train")[1], _noisy(0.5, mode="any")
+    assert noisy.label_noise.redrawn == 180
+    changed = int((noisy.tensors("train")[1] != clean).sum())
+    assert changed == noisy.label_noise.changed and 110 <= changed < 180  # about 3/4 of 180 = 135 change
+
+
+def test_label_noise_after_a_train_subset_and_with_kept_classes(data_root):
+    cfg = Mnist1dConfig(name="mnist1d", num_samples=1000, val_size=50, train_subset=101, classes=[1, 2, 3])
+    noisy = build_data(dataclasses.replace(cfg, label_noise=0.1), data_root=data_root)
+    clean = build_data(cfg, data_root=data_root)
+    flipped = noisy.tensors("train")[1] != clean.tensors("train")[1]
+    assert noisy.size("train") == 101 and int(flipped.sum()) == round(10.1) == 10
+    assert int(noisy.tensors("train")[1].max()) == 2  # within the kept classes, relabelled 0..2
+
+
+def test_label_noise_is_refused_for_streamed_datasets(tmp_path):
+    from lth_runner.config.schema import ImageFolderConfig
+    from lth_runner.errors import ConfigError
+    from tests.test_data_loaders import fake_imagefolder
+
+    fake_imagefolder(tmp_path)
+    cfg = ImageFolderConfig(name="imagefolder", root=str(tmp_path), image_size=8, num_workers=0, label_noise=0.1)
+    with pytest.raises(ConfigError, match=r"^dataset.label_noise=0.1 is not accepted: expected 0.0 with dataset=ima"):
+        build_data(cfg)

@@ -99,6 +99,17 @@ class DatasetConfig:
     classes: list[int] | None = option(
         None, items=dict(ge=0), help="keep only these classes, relabelled 0..K-1 in this order (e.g. [0, 1])"
     )
+    label_noise: float = option(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        help="fraction of training labels replaced by a random class, val/test clean (paper 002, Sec. 3.1)",
+    )
+    label_noise_mode: str = option(
+        "other",
+        choices=("other", "any"),
+        help="other: each chosen label becomes another class; any: a uniform class that may be the true one",
+    )
     augment: bool = option(False, help="random crop (with padding) + horizontal flip, image data only")
     crop_padding: int = option(4, ge=0, help="padding of the random crop")
     download: bool = option(True, help="download missing files when online")
@@ -164,7 +175,11 @@ class MethodConfig:
 class LTHConfig(MethodConfig):
     """Lottery ticket hypothesis (Frankle & Carbin 2019; late rewinding: Frankle et al. 2020)."""
 
-    criterion: str = option("magnitude", registry="criteria", help="pruning criterion (magnitude, random, ...)")
+    criterion: str = option(
+        "magnitude",
+        registry="criteria",
+        help="pruning criterion (magnitude = large_final, small_final, random, snip, grasp)",
+    )
     rewind_to: int = option(0, ge=0, help="0: rewind to the initialisation; k: to the state after k epochs/its")
     rewind_unit: str = option("epoch", choices=("epoch", "iteration"), help="unit of rewind_to")
     prune_from: str = option("final", choices=("final", "best_val"), help="which trained weights are ranked")
@@ -173,8 +188,19 @@ class LTHConfig(MethodConfig):
         None, help="lth: retrain this saved mask (a mask file or run directory) instead of pruning by the criterion"
     )
     mask_name: str | None = option(None, help="with method.mask a run directory: which of its masks (e.g. search)")
+    record_train_drops: bool = option(
+        False,
+        help="per round: training accuracy after pruning, rewinding and retraining minus the trained network's "
+        "(paper 002, Table 2; up to four evaluations of the training split per round)",
+    )
 
     def check(self, run: RunConfig) -> None:
+        if self.record_train_drops and self.mask is not None and self.rewind_to == 0:
+            raise ConfigError(
+                "method.record_train_drops",
+                True,
+                "false with method.mask and method.rewind_to=0 (no trained network to measure the drops against)",
+            )
         if self.rewind_unit == "epoch" and self.rewind_to >= run.trainer.epochs:
             raise ConfigError(
                 "method.rewind_to",

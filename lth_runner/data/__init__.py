@@ -20,7 +20,17 @@ import torch
 
 from lth_runner.catalog import DATASETS
 from lth_runner.config.schema import DatasetConfig
-from lth_runner.data.base import ArrayDataset, Batch, DataBundle, DataSpec, InMemoryData, keep_classes, split_arrays
+from lth_runner.data.base import (
+    ArrayDataset,
+    Batch,
+    DataBundle,
+    DataSpec,
+    InMemoryData,
+    LabelNoise,
+    keep_classes,
+    noisy_training_labels,
+    split_arrays,
+)
 from lth_runner.data.transforms import BatchTransform
 from lth_runner.errors import ConfigError
 
@@ -31,6 +41,7 @@ __all__ = [
     "DataBundle",
     "DataSpec",
     "InMemoryData",
+    "LabelNoise",
     "BatchTransform",
     "build_data",
     "dataset_root",
@@ -59,6 +70,10 @@ def build_data(
     if isinstance(loaded, DataBundle):
         if cfg.classes is not None:
             raise ConfigError("dataset.classes", cfg.classes, f"null with dataset={cfg.name} (in-memory datasets only)")
+        if cfg.label_noise:
+            raise ConfigError(
+                "dataset.label_noise", cfg.label_noise, f"0.0 with dataset={cfg.name} (in-memory datasets only)"
+            )
         return loaded
     return in_memory(
         cfg, loaded, batch_size=batch_size, eval_batch_size=eval_batch_size, device=device, channels_last=channels_last
@@ -83,6 +98,11 @@ def in_memory(
         train_subset=cfg.train_subset,
         test_subset=cfg.test_subset,
     )
+    noise = None
+    if cfg.label_noise:  # after the validation split: validation and test labels stay clean
+        splits, noise = noisy_training_labels(
+            splits, arrays.num_classes, cfg.label_noise, cfg.label_noise_mode, cfg.split_seed
+        )
     is_image = arrays.train_x.dim() == 4
     transform = BatchTransform(
         arrays.mean,
@@ -94,5 +114,11 @@ def in_memory(
     placement = torch.device("cpu") if cfg.placement == "cpu" else torch.device(device)
     spec = DataSpec(cfg.name, tuple(arrays.train_x.shape[1:]), arrays.num_classes)
     return InMemoryData(
-        spec, splits, transform, batch_size=batch_size, eval_batch_size=eval_batch_size, device=placement
+        spec,
+        splits,
+        transform,
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
+        device=placement,
+        label_noise=noise,
     )

@@ -18,6 +18,7 @@ import torch
 from lth_runner.data.splits import holdout_count, stratified_split
 from lth_runner.data.transforms import BatchTransform
 from lth_runner.errors import ConfigError
+from lth_runner.utils.seeding import derive_seed
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -77,6 +78,28 @@ class DataBundle(abc.ABC):
         return f"{self.spec.name}: input {tuple(self.spec.input_shape)}, {self.spec.num_classes} classes ({sizes})"
 
 
+@dataclass(frozen=True)
+class LabelNoise:
+    """What ``dataset.label_noise`` did to the training split: ``changed`` of ``total`` labels now differ from the
+    true ones (``fraction`` was asked for; with mode ``any`` about ``1/K`` of the redrawn labels are unchanged)."""
+
+    fraction: float
+    mode: str
+    redrawn: int
+    changed: int
+    total: int
+
+    @property
+    def realised(self) -> float:
+        return self.changed / self.total if self.total else 0.0
+
+    def describe(self) -> str:
+        return (
+            f"label noise: {self.changed} of {self.total} training labels wrong ({100 * self.realised:.2f}%, "
+            f"asked {100 * self.fraction:.2f}%, mode {self.mode})"
+        )
+
+
 class InMemoryData(DataBundle):
     """Tensors resident on one device; batches are gathered, augmented and normalised there with tensor ops."""
 
@@ -89,8 +112,10 @@ class InMemoryData(DataBundle):
         batch_size: int,
         eval_batch_size: int,
         device: torch.device | str = "cpu",
+        label_noise: LabelNoise | None = None,
     ) -> None:
         self.spec = spec
+        self.label_noise = label_noise
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.device = torch.device(device)
@@ -99,6 +124,10 @@ class InMemoryData(DataBundle):
 
     def size(self, split: str) -> int:
         return int(self._splits[split][1].numel()) if split in self._splits else 0
+
+    def describe(self) -> str:
+        text = super().describe()
+        return f"{text}; {self.label_noise.describe()}" if self.label_noise is not None else text
 
     def tensors(self, split: str) -> Batch:
         """The raw (un-normalised) tensors of a split, on the data device."""
@@ -178,3 +207,38 @@ def split_arrays(
         sub, _ = stratified_split(splits["test"][1], splits["test"][1].numel() - test_subset, split_seed + 2)
         splits["test"] = (splits["test"][0][sub], splits["test"][1][sub])
     return splits
+
+
+def flip_labels(labels: torch.Tensor, num_classes: int, fraction: float, mode: str, seed: int) -> torch.Tensor:
+    """``labels`` with exactly ``round(fraction * n)`` of them, chosen uniformly at random, redrawn: ``other`` draws
+    uniformly among the ``K - 1`` other classes (every redrawn label is wrong), ``any`` uniformly among all ``K``
+    (the symmetric noise of Zhang et al. 2017, a redrawn label stays right with probability ``1/K``). Sakamoto &
+    Sato (paper 002, Sec. 3.1, Fig. 1) flip a fraction of the training labels; they do not say how the new class
+    is drawn, so both readings are offered. Drawn on the CPU from ``seed``: the same flips on every device."""
+    if mode not in ("other", "any"):
+        raise ConfigError("dataset.label_noise_mode", mode, "other or any")
+    if not 0.0 <= fraction <= 1.0:
+        raise ConfigError("dataset.label_noise", fraction, "a fraction in [0, 1]")
+    generator = torch.Generator().manual_seed(int(seed))
+    count = round(fraction * labels.numel())
+    chosen = torch.randperm(labels.numel(), generator=generator)[:count]
+    if mode == "other":  # a shift of 1..K-1 classes: uniform over the other classes, never the true one
+        shift = torch.randint(1, num_classes, (count,), generator=generator)
+        new = (labels.cpu()[chosen] + shift) % num_classes
+    else:
+        new = torch.randint(0, num_classes, (count,), generator=generator)
+    noisy = labels.cpu().clone()
+    noisy[chosen] = new
+    return noisy.to(labels.device)
+
+
+def noisy_training_labels(
+    splits: dict[str, Batch], num_classes: int, fraction: float, mode: str, split_seed: int
+) -> tuple[dict[str, Batch], LabelNoise]:
+    """``splits`` with the training labels flipped by :func:`flip_labels` (validation and test untouched), seeded by
+    ``split_seed`` and a fixed label, so that every run seed of a sweep trains on the same noisy labels."""
+    x, y = splits["train"]
+    redrawn = round(fraction * y.numel())
+    noisy = flip_labels(y, num_classes, fraction, mode, derive_seed(split_seed, "label_noise"))
+    noise = LabelNoise(fraction, mode, redrawn, int((noisy != y).sum()), int(y.numel()))
+    return {**splits, "train": (x, noisy)}, noise

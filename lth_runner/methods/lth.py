@@ -17,6 +17,11 @@ Choices where the papers leave room (also in docs/methods.md):
 - weights are ranked at the end of training (``prune_from=final``), or at the best validation epoch;
 - after late rewinding the optimizer starts fresh (no momentum carried over), as open_lth does;
 - ticket and controls of a round see the same data order (common random numbers reduce comparison noise).
+
+``method.record_train_drops`` adds, per round, the training-accuracy drops of Sakamoto & Sato (paper 002, Table 2):
+the training accuracy of the trained network the round prunes (the reference), of those weights under the new mask
+(after pruning), of the rewind-point weights under it (after rewinding) and of the retrained ticket (after
+retraining), each minus the reference's, as fractions (-0.2 = 20 points lost). See :func:`_train_drops`.
 """
 
 from __future__ import annotations
@@ -123,12 +128,15 @@ def iterative_magnitude_pruning(run: RunContext, *, one_shot: bool) -> Summary:
         densities = [given[1].density()]
     start = _rewind_point(run, method, init_state)
     control_rounds = set(range(1, len(densities) + 1)) if method.control_rounds == "all" else {len(densities)}
+    before: dict[str, Any] = {}  # the round's train accuracies before retraining (method.record_train_drops)
     for round_index, density in enumerate(densities, start=1):
         if given is not None:
             prune = functools.partial(Mask.clone, given[1])
         else:
             prune = functools.partial(_prune, run, model, params, previous_key, mask, density, round_index)
         mask = run.mask(f"round_{round_index:02d}", prune, round=round_index)
+        if method.record_train_drops:  # before the release: the reference weights are measured first
+            before = _before_retraining(run, model, previous_key, mask, start, round_index)
         if previous_key is not None:
             run.release_weights(previous_key)
 
@@ -143,6 +151,9 @@ def iterative_magnitude_pruning(run: RunContext, *, one_shot: bool) -> Summary:
             keep_best_state=keep_best,
         )
         results.append(ticket)
+        if method.record_train_drops:
+            drops = _train_drops(run, model, round_index, ticket_key, mask, before)
+            details.setdefault("train_drops", []).append(drops)
         controls = {}
         if round_index in control_rounds and method.controls:
             controls = train_controls(
@@ -153,6 +164,64 @@ def iterative_magnitude_pruning(run: RunContext, *, one_shot: bool) -> Summary:
         previous_key = ticket_key
         summary = summarise(ticket, mask.num_kept(), round_index, controls, complete=round_index == len(densities))
     return summary
+
+
+def _before_retraining(
+    run: RunContext, model: torch.nn.Module, key: str, mask: Mask, start: ControlStart, index: int
+) -> dict[str, Any]:
+    """Training accuracy of the network stage ``key`` trained (the weights the round ranked: final, or best
+    validation with ``method.prune_from=best_val``), of those weights under ``mask`` (after pruning) and of the
+    rewind-point weights under ``mask`` (after rewinding): paper 002, Table 2's first two columns."""
+    which = _ranked(run)
+    reference = _train_accuracy(run, model, f"{key}/{which}", lambda: run.load_weights(key, which))
+    pruned = _train_accuracy(run, model, f"round{index:02d}/pruned", lambda: run.load_weights(key, which), mask)
+    rewound = _train_accuracy(run, model, f"round{index:02d}/rewound", lambda: start.state, mask)
+    return {"reference": key, "reference_acc": reference, "after_pruning_acc": pruned, "after_rewinding_acc": rewound}
+
+
+def _train_drops(
+    run: RunContext, model: torch.nn.Module, index: int, ticket_key: str, mask: Mask, before: dict[str, Any]
+) -> dict[str, Any]:
+    """The round's entry of ``details.train_drops``: the accuracies of :func:`_before_retraining`, the retrained
+    ticket's (its weights ranked as the reference's were) and the three drops, ``acc - reference_acc`` as
+    fractions (paper 002, Table 2 reports them in points: -19.8 there is -0.198 here). Logged as a ``train_drops``
+    event when first measured (a resumed run reads the figures back from ``state.json`` and does not log again)."""
+    which = _ranked(run)
+    key = f"{ticket_key}/{which}"
+    fresh = run.measured(key) is None
+    retrained = _train_accuracy(run, model, key, lambda: run.load_weights(ticket_key, which))
+    entry = {"round": index, "density": mask.density(), **before, "after_retraining_acc": retrained}
+    for name in ("after_pruning", "after_rewinding", "after_retraining"):
+        entry[f"drop_{name}"] = entry[f"{name}_acc"] - entry["reference_acc"]
+    if fresh:
+        run.tracker.log("train_drops", **entry)
+    return entry
+
+
+def _ranked(run: RunContext) -> str:
+    return "best" if run.cfg.method.prune_from == "best_val" else "final"
+
+
+def _train_accuracy(
+    run: RunContext,
+    model: torch.nn.Module,
+    key: str,
+    state: Any,
+    mask: Mask | None = None,
+) -> float:
+    """Training accuracy of the weights ``state()`` (a callable: not read when the figure was kept, as after a
+    resume whose weights were released), times ``mask`` when given, evaluated on the training split without
+    augmentation (:meth:`RunContext.measure`). BatchNorm statistics are the state's own, not recomputed for the
+    mask: the drop after pruning is the pruned network as it stands, as in the paper."""
+    measured = run.measured(key)
+    if measured is None:
+        weights = dict(state())
+        if mask is not None:
+            weights.update({n: weights[n] * mask[n].to(weights[n].dtype) for n in mask.names()})
+        unwrap(model).load_state_dict(weights)
+        measured = run.measure(model, key)
+    assert measured is not None, "the training split is empty"
+    return measured[1]
 
 
 def _given_mask(run: RunContext, params: dict[str, torch.nn.Parameter]) -> tuple[Path, Mask]:

@@ -40,6 +40,18 @@ def magnitude(weights: Mapping[str, torch.Tensor], context: ScoreContext | None 
     return {name: w.detach().abs() for name, w in weights.items()}
 
 
+def large_final(weights: Mapping[str, torch.Tensor], context: ScoreContext | None = None) -> Scores:
+    """Keep the largest final weights, ``|w_T|``: magnitude pruning under the name of Zhou et al. 2019
+    ("Deconstructing Lottery Tickets"), which Sakamoto & Sato (paper 002, Table 2) compare with ``small_final``."""
+    return magnitude(weights, context)
+
+
+def small_final(weights: Mapping[str, torch.Tensor], context: ScoreContext | None = None) -> Scores:
+    """Keep the smallest final weights: score ``-|w_T|`` (Zhou et al. 2019; paper 002, Table 2), the control that
+    shows large weights carry the trained function (its train accuracy collapses after pruning)."""
+    return {name: -w.detach().abs() for name, w in weights.items()}
+
+
 def random(weights: Mapping[str, torch.Tensor], context: ScoreContext | None = None) -> Scores:
     """Uniform random scores, seeded: random pruning as a control."""
     generator = torch.Generator().manual_seed((context or ScoreContext()).seed)

@@ -130,6 +130,17 @@ class ConsoleReporter:
             f"pruned to density {_pct(record['density'])}% ({record['kept']:,} of {record['total']:,} weights){step}"
         )
 
+    def _on_train_drops(self, record: dict[str, Any]) -> None:
+        drops = ", ".join(
+            f"{name} {100 * record[f'drop_{key}']:+.2f}"
+            for name, key in (
+                ("pruning", "after_pruning"),
+                ("rewinding", "after_rewinding"),
+                ("retraining", "after_retraining"),
+            )
+        )
+        self.print(f"round {record['round']} train-accuracy drop (points) after {drops}")
+
     def _on_message(self, record: dict[str, Any]) -> None:
         self.print(record["text"])
 
