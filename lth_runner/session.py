@@ -85,13 +85,41 @@ class RunContext:
         fingerprint = resume_fingerprint(self.cfg)
         previous = self.state.get("fingerprint")
         if self.resumed and previous is not None and previous != fingerprint:
-            changed = sorted(k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k))
+            changed = sorted(
+                k
+                for k in set(previous) | set(fingerprint)
+                if previous.get(k) != fingerprint.get(k) and not self._added_since(k, previous)
+            )
+        else:
+            changed = []
+        if changed:
             shown = ", ".join(f"{k}: {previous.get(k)!r} -> {fingerprint.get(k)!r}" for k in changed[:3])
             more = f" (+{len(changed) - 3} more)" if len(changed) > 3 else ""
             raise UserError(
                 f"{self.output_dir} holds a run with a different configuration ({shown}{more}); "
                 f"re-run with the same settings to resume, or choose another hydra.run.dir"
             )
+
+    def _added_since(self, key: str, previous: dict[str, Any]) -> bool:
+        """An option that did not exist when the run started, left at its default: the run computed what the
+        default computes (new options default to the old behaviour), so it does not stop a resume."""
+        if key in previous:
+            return False
+        parent, _, name = key.rpartition(".")
+        owner: Any = self.cfg
+        for part in parent.split(".") if parent else []:
+            owner = getattr(owner, part, None)
+        fields = {f.name: f for f in dataclasses.fields(owner)} if dataclasses.is_dataclass(owner) else {}
+        spec = fields.get(name)
+        if spec is None:
+            return False
+        if spec.default is not dataclasses.MISSING:
+            default = spec.default
+        elif spec.default_factory is not dataclasses.MISSING:
+            default = spec.default_factory()
+        else:
+            return False
+        return getattr(owner, name) == default
 
     def begin(self) -> None:
         """Write the configuration and the resume fingerprint: from here on the directory holds a run."""

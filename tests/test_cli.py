@@ -107,6 +107,18 @@ def test_resuming_with_a_different_configuration_is_refused(tmp_path, data_root)
     assert torch.load(run_dir / "masks" / "round_01.pt", weights_only=True)["masks"]
 
 
+def test_a_run_started_before_an_option_existed_resumes_when_the_option_is_at_its_default(tmp_path, data_root):
+    run_dir = tmp_path / "run"
+    assert lth_run(run_dir, data_root, "trainer.epochs=1").returncode == 0
+    state = json.loads((run_dir / "state.json").read_text())
+    del state["fingerprint"]["dataset.label_noise"]  # as written by a version without the option
+    (run_dir / "state.json").write_text(json.dumps(state))
+    assert lth_run(run_dir, data_root, "trainer.epochs=1").returncode == 0
+    (run_dir / "state.json").write_text(json.dumps(state))
+    refused = lth_run(run_dir, data_root, "trainer.epochs=1", "dataset.label_noise=0.2")
+    assert refused.returncode == 2 and "dataset.label_noise: None -> 0.2" in refused.stderr
+
+
 def test_a_sweep_runs_every_combination_in_its_own_directory(tmp_path, data_root):
     env = dict(os.environ, LTH_DATA_ROOT=str(data_root))
     result = subprocess.run(
