@@ -51,6 +51,7 @@ from lth_runner.sparse.prunable import from_sparsity_config, unwrap
 from lth_runner.summary import Summary, build_summary
 from lth_runner.tracking import ConsoleReporter, Tracker
 from lth_runner.tracking.tracker import JsonlSink
+from lth_runner.training.flatness import flatness_hooks
 from lth_runner.training.trainer import Stage, StageResult, Trainer, hooks_with
 from lth_runner.utils.dicts import flatten
 from lth_runner.utils.io import read_jsonl, save_torch_atomic, write_json_atomic, write_text_atomic
@@ -228,8 +229,15 @@ class RunContext:
             checkpoint_path=self.checkpoint_path,
             forward=self.forward_module(model),
         )
+        # trainer.penalty / sam / nvrm (paper 002) apply to every stage of every method, around its own hooks
+        owner = unwrap(model)
+        prunable = enforcer.params if enforcer is not None else from_sparsity_config(owner, self.cfg.sparsity)
+        before, after = flatness_hooks(self.cfg.trainer, owner, prunable, enforcer, seed=self.cfg.seed)
         result = trainer.fit(
-            stage, hooks_with(enforcer, hooks), keep_best_state=keep_best_state, optimizer_state=optimizer_state
+            stage,
+            [*before, *hooks_with(enforcer, hooks), *after],
+            keep_best_state=keep_best_state,
+            optimizer_state=optimizer_state,
         )
         if distributed.is_main():
             if keep_weights or self.cfg.trainer.keep_round_weights:  # every stage's, to analyse any of them

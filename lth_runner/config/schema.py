@@ -599,6 +599,42 @@ class OptimConfig:
 
 # ------------------------------------------------------------------------------------------------- trainer
 @dataclass
+class WeightPenaltyConfig:
+    """A penalty on the unpruned weights of every stage (paper 002, Sakamoto & Sato, Eq. 1):
+    ``l2_init = lambda * ||m * (theta - theta_init)||^2``, ``l2_norm = lambda * ||m * theta||^2``. Not the
+    ``regularizer`` group, which holds the growing laws and the relaxed-mask penalties of other methods."""
+
+    name: str = option("none", choices=("none", "l2_init", "l2_norm"), help="none, l2_init or l2_norm (paper 002)")
+    coefficient: float = option(2e-4, ge=0.0, help="lambda; the gradient added is 2 * lambda * m * (theta - ref)")
+    stages: str = option(
+        "all", choices=("all", "sparse"), help="all: every stage, dense round 0 included; sparse: pruned stages only"
+    )
+
+
+@dataclass
+class SAMConfig:
+    """Sharpness-aware minimisation restricted to the unpruned weights (Foret et al. 2021; paper 002, Sec. 3.2)."""
+
+    enabled: bool = option(False, help="SAM: the step takes the gradient at theta + e, e = rho g/||g||, g = m grad")
+    rho: float = option(0.05, gt=0.0, help="radius of the perturbation (paper 002: 0.05, 0.1, 0.2, 0.5)")
+    bn: str = option(
+        "freeze", choices=("freeze", "update"), help="BatchNorm running statistics in the second pass: kept, or updated"
+    )
+
+
+@dataclass
+class NVRMConfig:
+    """Neural variable risk minimisation (Xie et al. 2021, NVRM-SGD) restricted to the unpruned weights
+    (paper 002, Sec. 3.2): Gaussian noise on the weights the gradients are taken at, off for evaluation."""
+
+    enabled: bool = option(False, help="NVRM: after every step theta += eps_t - eps_(t-1), eps_t ~ N(0, b^2)")
+    b: float = option(0.014, gt=0.0, help="std of the weight noise (paper 002: 0.014, 0.018, 0.022, 0.026)")
+    noise_on: str = option(
+        "unpruned", choices=("unpruned", "all"), help="unpruned prunable weights, or every trainable parameter"
+    )
+
+
+@dataclass
 class TrainerConfig:
     epochs: int = option(10, ge=1, help="epochs per training stage")
     batch_size: int = option(128, ge=1, help="global batch size (split across DDP ranks)")
@@ -616,6 +652,9 @@ class TrainerConfig:
     keep_round_weights: bool = option(False, help="keep every round's final weights, not only the latest")
     num_threads: int | None = option(None, ge=1, help="CPU threads of torch (null: torch's default)")
     progress_seconds: float = option(30.0, gt=0.0, help="outside a terminal: a progress line at least this often")
+    penalty: WeightPenaltyConfig = field(default_factory=WeightPenaltyConfig)
+    sam: SAMConfig = field(default_factory=SAMConfig)
+    nvrm: NVRMConfig = field(default_factory=NVRMConfig)
 
 
 # -------------------------------------------------------------------------------------------------- logger

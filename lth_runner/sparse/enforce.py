@@ -25,6 +25,7 @@ class MaskEnforcer:
         self._params: list[nn.Parameter] = []
         self._weights: list[torch.Tensor] = []  # detached views: in-place masking without autograd bookkeeping
         self._factors: list[torch.Tensor] = []
+        self.version = 0  # changes with every set_mask: hooks that cache factors() know when to rebuild
         if mask is not None:
             self.set_mask(mask)
 
@@ -33,6 +34,7 @@ class MaskEnforcer:
         if missing:
             raise KeyError(f"mask has tensors the model does not: {missing[:3]}")
         self.mask = mask
+        self.version += 1
         self._params, self._weights, self._factors = [], [], []
         for name, keep in mask.items():
             param = self.params[name]
@@ -47,6 +49,11 @@ class MaskEnforcer:
     @property
     def active(self) -> bool:
         return bool(self._params)
+
+    def factors(self) -> dict[int, torch.Tensor]:
+        """``{id(parameter): keep factor}`` of the sparse layers (dense layers have none): for hooks that mask
+        tensors of their own (a perturbation, a noise, a penalty's gradient) with the current mask."""
+        return {id(param): factor for param, factor in zip(self._params, self._factors)}
 
     def apply_to_weights(self) -> None:
         if self._weights:

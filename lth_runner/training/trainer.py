@@ -102,6 +102,11 @@ class Hook(Protocol):
     ``log_fields`` adds (or overrides, e.g. ``density``) fields of every epoch record. A hook whose ``selectable``
     attribute is False keeps the epoch out of best-validation selection (the network is not final yet, e.g. while
     pruning events are still to come).
+
+    A hook that keeps a perturbation on the weights between steps (NVRM's noise) takes it off in ``clean_weights``
+    and puts it back in ``restore_weights``: the trainer calls the first before every evaluation and checkpoint and
+    at the end of the stage, the second after them and after a resume, so evaluations and checkpoints see clean
+    weights and a resumed stage trains on exactly the weights an uninterrupted one would.
     """
 
     def on_stage_start(self, trainer: Trainer) -> None: ...
@@ -109,6 +114,8 @@ class Hook(Protocol):
     def after_step(self, trainer: Trainer) -> None: ...
     def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> bool | None: ...
     def log_fields(self, trainer: Trainer) -> dict[str, Any]: ...
+    def clean_weights(self, trainer: Trainer) -> None: ...
+    def restore_weights(self, trainer: Trainer) -> None: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
@@ -160,6 +167,8 @@ class Trainer:
             self.forward, self.eval_forward = torch.compile(self.forward), torch.compile(model)
         self.optimizer: torch.optim.Optimizer | None = None
         self.stage: Stage | None = None
+        self.hooks: list[Any] = []
+        self.batch: tuple[torch.Tensor, torch.Tensor] | None = None  # the training batch of the step in progress
         self.step = 0
         self.epoch = 0
         self.steps_per_epoch = data.num_train_batches()
@@ -203,6 +212,8 @@ class Trainer:
             if optimizer_state is not None:
                 load_state_keeping_hyperparameters(self.optimizer, optimizer_state)
             self._call("on_stage_start")
+        else:
+            self._call("restore_weights")  # a checkpoint holds clean weights: the stage resumes on perturbed ones
         self.epoch = self.step // self.steps_per_epoch
         self._log(
             "stage_start",
@@ -234,6 +245,7 @@ class Trainer:
             self._log("epoch", **record)
             if self.epoch % self.cfg.checkpoint_every == 0 or stop or self.epoch >= stage.epochs:
                 self._save_checkpoint(result, keep_best_state)
+        self._call("clean_weights")  # the stage hands on clean weights
         if not self.cfg.eval_test:
             self._test_at_end(result)
         result.final_epoch = self.epoch
@@ -245,9 +257,13 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, split: str) -> tuple[float, float] | None:
-        """Mean cross-entropy and accuracy on ``split`` (None when the split is empty)."""
+        """Mean cross-entropy and accuracy on ``split`` (None when the split is empty), on clean weights."""
         if self.data.size(split) == 0:
             return None
+        with self._clean_weights():
+            return self._evaluate(split)
+
+    def _evaluate(self, split: str) -> tuple[float, float]:
         self.model.eval()
         totals = torch.zeros(3, dtype=torch.float64, device=self.device)
         rank, world = distributed.rank(), distributed.world_size()
@@ -261,6 +277,17 @@ class Trainer:
         distributed.all_reduce_sum(totals)
         loss_sum, correct, count = totals.tolist()
         return loss_sum / max(count, 1), correct / max(count, 1)
+
+    def loss_and_backward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward and backward pass of a training batch: the loss (label smoothing, autocast) and logits;
+        the gradients replace whatever the parameters held. Hooks that need another pass of the same batch at other
+        weights (SAM) call this too, so that both passes compute the same loss."""
+        with self._autocast():
+            logits = self.forward(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        return loss, logits
 
     @property
     def best_state(self) -> dict[str, torch.Tensor] | None:
@@ -301,11 +328,8 @@ class Trainer:
                 self.step / self.steps_per_epoch, schedule_epochs, self.optim_cfg.lr, self.optim_cfg.scheduler
             )
             set_learning_rate(self.optimizer, self.lr)
-            with self._autocast():
-                logits = self.forward(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            self.batch = (x, y)
+            loss, logits = self.loss_and_backward(x, y)
             for hook in before:
                 hook.before_step(self)
             if self.cfg.max_grad_norm:
@@ -414,6 +438,15 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    @contextlib.contextmanager
+    def _clean_weights(self) -> Any:
+        """Weights without the perturbations hooks keep on them between steps, for an evaluation or a checkpoint."""
+        self._call("clean_weights")
+        try:
+            yield
+        finally:
+            self._call("restore_weights")
+
     def _stateful_hooks(self) -> dict[str, Any]:
         """Hooks with state, keyed by class name and occurrence (stable when unrelated hooks come or go)."""
         keyed, seen = {}, {}
@@ -442,6 +475,12 @@ class Trainer:
         if self.checkpoint_path is None or not distributed.is_main():
             return
         assert self.stage is not None and self.optimizer is not None
+        with self._clean_weights():
+            self._write_checkpoint(result, keep_best_state, partial_totals)
+
+    def _write_checkpoint(
+        self, result: StageResult, keep_best_state: bool, partial_totals: torch.Tensor | None
+    ) -> None:
         payload = dict(
             key=self.stage.key,
             step=self.step,
