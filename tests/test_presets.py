@@ -183,3 +183,37 @@ def test_concave_cpu_siblings_run(sibling, tmp_path):
     assert summary["status"] == "complete" and summary["final"]["test_acc"] > 0.5
     if sibling.endswith("mnist01_pixels"):
         assert summary["final"]["kept"] == 8
+
+
+# Paper 002 (PAC-Bayes analysis): the Table 1 / Fig. 1 / Fig. 3 presets and their CPU siblings.
+PAC_BAYES_PRESETS = {
+    "pac_bayes/table1_resnet20_cifar10": (["trainer.sam.enabled=true"], ["trainer.nvrm.enabled=true"]),
+    "pac_bayes/table1_vgg16_cifar10": ([],),
+    "pac_bayes/fig3_l2_init_resnet20_cifar10": (["trainer.penalty.name=l2_norm"],),
+    "pac_bayes/fig1_label_noise_resnet20_cifar10": (["dataset.label_noise=0.2", "optim.lr=0.1"],),
+}
+
+
+def test_every_pac_bayes_preset_has_a_cpu_sibling():
+    found = sorted(f"pac_bayes/{p.stem}" for p in (REPO / "conf" / "experiment" / "pac_bayes").glob("*.yaml"))
+    assert found == sorted([*PAC_BAYES_PRESETS, *(f"{p}_cpu" for p in PAC_BAYES_PRESETS)])
+
+
+@pytest.mark.parametrize("preset", sorted(PAC_BAYES_PRESETS))
+def test_pac_bayes_presets_compose_for_their_rows(preset):
+    for row in PAC_BAYES_PRESETS[preset]:
+        cfg = build_run_config(compose_config([f"experiment={preset}", *row]))
+        assert (cfg.method.name, cfg.method.rewind_to, cfg.sparsity.schedule, cfg.sparsity.rate) == (
+            "lth_iter", 0, "fixed_fraction", 0.2
+        )  # fmt: skip
+        assert (cfg.optim.momentum, cfg.optim.weight_decay, cfg.trainer.epochs) == (0.9, 1e-4, 160)
+
+
+@pytest.mark.parametrize("preset", sorted(PAC_BAYES_PRESETS))
+@pytest.mark.filterwarnings("ignore:MNIST. only the 10k test files")
+def test_pac_bayes_cpu_siblings_run(preset, tmp_path):
+    overrides = [f"experiment={preset}_cpu", "trainer.epochs=1", "sparsity.rounds=1", "logger.console=none",
+                 "logger.plots=false", f"dataset.root={REPO / 'tests' / 'data' / 'mnist'}",
+                 "trainer.num_threads=1"]  # fmt: skip
+    summary = run_experiment(build_run_config(compose_config(overrides)), tmp_path / "run").to_dict()
+    assert summary["status"] == "complete" and summary["final"]["test_acc"] > 0.5
