@@ -16,17 +16,11 @@ from lth_runner.config.schema import NVRMConfig, SAMConfig, TrainerConfig, Weigh
 from lth_runner.sparse import Mask, MaskEnforcer, prunable_parameters
 from lth_runner.training import NVRM, SAM, Stage, WeightPenalty, flatness_hooks, hooks_with
 from lth_runner.utils.io import read_jsonl
-from tests.conftest import assert_killed_run_resumes_identically, run_cli
+from tests.conftest import TINY_MNIST1D, assert_killed_run_resumes_identically, run_cli
 from tests.test_training import SignalAt, make_trainer
 
 BASE = [
-    "model=mlp",
-    "dataset=mnist1d",
-    "dataset.num_samples=1000",
-    "model.hidden=[32,32]",
-    "trainer.epochs=2",
-    "trainer.batch_size=64",
-    "sparsity=80",
+    *TINY_MNIST1D,
     "sparsity.rounds=2",
     "trainer.num_threads=1",
     "logger.console=plain",

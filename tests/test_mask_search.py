@@ -25,19 +25,9 @@ from lth_runner.sparse import Mask, kept_count, prune_to_density
 from lth_runner.sparse.score_mask import ScoreMaskedModel
 from lth_runner.utils.io import read_jsonl
 from lth_runner.utils.seeding import derive_seed
-from tests.conftest import assert_killed_run_resumes_identically, run_cli, without_timings
+from tests.conftest import TINY_MNIST1D, assert_killed_run_resumes_identically, run_cli, without_timings
 
-BASE = [
-    "model=mlp",
-    "dataset=mnist1d",
-    "dataset.num_samples=1000",
-    "model.hidden=[32,32]",
-    "trainer.epochs=2",
-    "trainer.batch_size=64",
-    "sparsity=80",
-    "logger.console=none",
-    "logger.plots=false",
-]
+BASE = [*TINY_MNIST1D, "logger.console=none", "logger.plots=false"]
 LAYERS = {"fc1.weight": 40 * 32, "fc2.weight": 32 * 32, "fc3.weight": 32 * 10}
 
 

@@ -13,33 +13,16 @@ from lth_runner.config.compose import compose_config
 from lth_runner.config.validate import build_run_config
 from lth_runner.session import run_experiment
 from lth_runner.sparse import CRITERIA, Mask, kept_count, prune_to_density
+from tests import test_selection as selection
 
-BASE = [
-    "model=mlp",
-    "dataset=mnist1d",
-    "dataset.num_samples=1000",
-    "model.hidden=[32,32]",
-    "trainer.batch_size=50",
-    "trainer.epochs=3",
-    "optim.lr=0.05",
-    "sparsity=80",
-    "sparsity.rounds=2",
-    "trainer.keep_round_weights=true",
-    "logger.console=none",
-    "logger.plots=false",
-]
-LAYERS = {"fc1.weight": (32, 40), "fc2.weight": (32, 32), "fc3.weight": (10, 32)}
-TOTAL = sum(a * b for a, b in LAYERS.values())
+# the tiny MNIST-1D recipe of the selection tests, in 2 rounds
+BASE = [item if item != "sparsity.rounds=3" else "sparsity.rounds=2" for item in selection.BASE]
+LAYERS, TOTAL, weights = selection.LAYERS, selection.TOTAL, selection.weights
 
 
 def run(tmp_path, data_root, *overrides):
     cfg = build_run_config(compose_config([*BASE, f"paths.data_root={data_root}", *overrides]))
     return run_experiment(cfg, tmp_path), tmp_path
-
-
-def weights(path):
-    state = torch.load(path, weights_only=True)
-    return {name: state[name] for name in LAYERS}
 
 
 # ------------------------------------------------------------------------------------------------ criteria
