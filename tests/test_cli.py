@@ -69,7 +69,8 @@ def test_a_run_writes_its_config_metrics_summary_masks_and_plot(tmp_path, data_r
     assert "hidden:" in (run_dir / "config.yaml").read_text()
     assert (run_dir / ".hydra" / "overrides.yaml").exists()
     assert (run_dir / "plots" / "accuracy_vs_density.png").stat().st_size > 1000
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.pt"]  # round weights released
+    last = summary["final"]["key"].replace("/", "_")  # earlier rounds' weights released, the ticket's kept (analysis)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.pt", f"{last}.final.pt"]
 
 
 def test_a_run_killed_mid_stage_resumes_to_the_same_summary(tmp_path, data_root):
