@@ -269,6 +269,7 @@ def test_lth_iter_with_sam_end_to_end_and_a_resume_must_keep_it(tmp_path, data_r
     assert changed.returncode != 0 and "trainer.sam.enabled: True -> False" in changed.stderr
 
 
+@pytest.mark.slow  # three subprocess runs, a kill and a resume (15-22 s): in the slow suite, which .ci/run runs
 def test_a_run_with_sam_nvrm_and_l2_init_killed_mid_epoch_resumes_to_the_same_summary(tmp_path, data_root):
     overrides = [*BASE, "trainer.sam.enabled=true", "trainer.nvrm.enabled=true", "trainer.penalty.name=l2_init"]
     # 12 steps per epoch (720 training examples, batch 64): round 1, mid-way through its second epoch

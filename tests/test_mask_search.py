@@ -115,6 +115,7 @@ def test_sr_popup_starts_from_the_magnitude_mask_with_global_magnitude_budgets(t
     assert section["swaps"] > 0 and 0 < section["overlap_with_magnitude"]["end"] <= 1.0
 
 
+@pytest.mark.slow  # three subprocess runs, a kill and a resume (15-22 s): in the slow suite, which .ci/run runs
 def test_a_search_killed_mid_epoch_resumes_to_the_same_summary_and_mask(tmp_path, data_root):
     overrides = [*BASE, "method=sr_popup", "method.pretrain_epochs=2", "trainer.epochs=3", "logger.console=plain"]
     # the pre-trained weights cached first, so both runs report them as found in the cache (whatever ran before)

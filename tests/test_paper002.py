@@ -118,6 +118,7 @@ def test_large_final_loses_less_train_accuracy_after_pruning_than_small_final(tm
     assert drops["large_final"]["drop_after_pruning"] == pytest.approx(-0.178, abs=0.01)
 
 
+@pytest.mark.slow  # three subprocess runs, a kill and a resume (15-22 s): in the slow suite, which .ci/run runs
 def test_train_drops_survive_a_kill_and_resume(tmp_path, data_root):
     """Killed inside round 2's ticket, after round 1's ticket weights were released: the figures come back."""
     from tests.conftest import SMALL_LTH_RUN, assert_killed_run_resumes_identically
