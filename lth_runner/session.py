@@ -51,7 +51,7 @@ from lth_runner.sparse.prunable import from_sparsity_config, unwrap
 from lth_runner.summary import Summary, build_summary
 from lth_runner.tracking import ConsoleReporter, Tracker
 from lth_runner.tracking.tracker import JsonlSink
-from lth_runner.training.flatness import flatness_hooks
+from lth_runner.training.flatness import flatness_enabled, flatness_hooks
 from lth_runner.training.trainer import Stage, StageResult, Trainer, hooks_with
 from lth_runner.utils.dicts import flatten
 from lth_runner.utils.io import read_jsonl, save_torch_atomic, write_json_atomic, write_text_atomic
@@ -230,9 +230,11 @@ class RunContext:
             forward=self.forward_module(model),
         )
         # trainer.penalty / sam / nvrm (paper 002) apply to every stage of every method, around its own hooks
-        owner = unwrap(model)
-        prunable = enforcer.params if enforcer is not None else from_sparsity_config(owner, self.cfg.sparsity)
-        before, after = flatness_hooks(self.cfg.trainer, owner, prunable, enforcer, seed=self.cfg.seed)
+        before, after = [], []
+        if flatness_enabled(self.cfg.trainer):
+            owner = unwrap(model)
+            prunable = enforcer.params if enforcer is not None else from_sparsity_config(owner, self.cfg.sparsity)
+            before, after = flatness_hooks(self.cfg.trainer, owner, prunable, enforcer, seed=self.cfg.seed)
         result = trainer.fit(
             stage,
             [*before, *hooks_with(enforcer, hooks), *after],
@@ -257,9 +259,7 @@ class RunContext:
         done = self.completed(key)
         if done is not None:
             return done
-        evaluator = Trainer(
-            model, self.data, optim=self.cfg.optim, trainer=dataclasses.replace(self.cfg.trainer, compile=False)
-        )
+        evaluator = self._evaluator(model)
         val, test = evaluator.evaluate("val"), evaluator.evaluate("test")
         result = StageResult(key, round_index, phase, density)
         if val is not None:
@@ -288,15 +288,19 @@ class RunContext:
         done = self.measured(key, split)
         if done is not None:
             return done
-        evaluator = Trainer(
-            model, self.data, optim=self.cfg.optim, trainer=dataclasses.replace(self.cfg.trainer, compile=False)
-        )
+        evaluator = self._evaluator(model)
         value = evaluator.evaluate(split)
         if value is not None:
             self.state.setdefault("measures", {})[f"{key}@{split}"] = list(value)
             self._save_state()
         distributed.barrier()
         return value
+
+    def _evaluator(self, model: nn.Module) -> Trainer:
+        """A trainer that only evaluates ``model`` (never compiled: one pass is not worth a compilation)."""
+        return Trainer(
+            model, self.data, optim=self.cfg.optim, trainer=dataclasses.replace(self.cfg.trainer, compile=False)
+        )
 
     def forward_module(self, model: nn.Module) -> nn.Module:
         """``model`` itself, or (several processes) its DistributedDataParallel wrapper, made once per model."""

@@ -214,3 +214,15 @@ def test_lth_run_analyze_on_a_finished_run_prints_and_writes_everything(tmp_path
     bad = subprocess.run([sys.executable, "-m", "lth_runner.analysis.cli", str(tmp_path / "nothing")],
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "not a run directory" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("argument", "message"),
+    [(["--examples", "0"], "--examples: 0: expected an integer >= 1"), (["--delta", "1.5"], "--delta: 1.5: expected")],
+)
+def test_lth_run_analyze_refuses_bad_arguments_in_one_line(tmp_path, capsys, argument, message):
+    from lth_runner.analysis.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main([str(tmp_path), *argument])
+    assert stopped.value.code == 2 and message in capsys.readouterr().err

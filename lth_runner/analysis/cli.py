@@ -8,6 +8,27 @@ import sys
 from lth_runner.errors import UserError
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: expected an integer >= 1")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text}: expected a number in (0, 1)")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if value < 0.0:
+        raise argparse.ArgumentTypeError(f"{text}: expected a number >= 0")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="lth-run-analyze",
@@ -17,13 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("run_dir", metavar="RUN_DIR")
     parser.add_argument("--round", type=int, help="the round whose ticket is analysed (default: the final one)")
-    parser.add_argument("--examples", type=int, default=1000, help="training examples of the Hessian (1000)")
-    parser.add_argument("--max-iter", type=int, default=100, help="Hutchinson probes / power iterations (100)")
-    parser.add_argument("--tol", type=float, default=1e-3, help="relative change that stops them (1e-3)")
+    parser.add_argument("--examples", type=_positive, default=1000, help="training examples of the Hessian (1000)")
+    parser.add_argument("--max-iter", type=_positive, default=100, help="Hutchinson probes / power iterations (100)")
+    parser.add_argument("--tol", type=_non_negative, default=1e-3, help="relative change that stops them (1e-3)")
     parser.add_argument("--subspace", default="unpruned", choices=("unpruned", "unpruned_weights", "all"))
-    parser.add_argument("--bound-examples", type=int, help="training examples of the bound (default: all)")
-    parser.add_argument("--draws", type=int, default=5, help="posterior samples per sigma (5)")
-    parser.add_argument("--delta", type=float, default=0.05, help="confidence of the bound (0.05)")
+    parser.add_argument("--bound-examples", type=_positive, help="training examples of the bound (default: all)")
+    parser.add_argument("--draws", type=_positive, default=5, help="posterior samples per sigma (5)")
+    parser.add_argument("--delta", type=_fraction, default=0.05, help="confidence of the bound (0.05)")
     parser.add_argument("--skip", nargs="*", default=[], choices=("hessian", "landscape", "bound"))
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--seed", type=int, default=0, help="seed of the example subset and the probes")

@@ -16,7 +16,7 @@ caller leaves them out.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -158,12 +158,3 @@ def subnetwork(
         params = {n: p for n, p in params.items() if n in masks}
     chosen = {n: (masks.get(n) if subspace != "all" else None) for n in params}
     return params, chosen
-
-
-def batches_of(
-    examples: Iterable[tuple[torch.Tensor, torch.Tensor]], size: int
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Re-batch ``examples`` into batches of ``size`` (the products average over examples either way)."""
-    xs, ys = zip(*examples)
-    x, y = torch.cat(xs), torch.cat(ys)
-    return [(x[i : i + size], y[i : i + size]) for i in range(0, y.numel(), size)]

@@ -84,7 +84,8 @@ def analyze_run(run_dir: str | Path, options: AnalysisOptions | None = None) -> 
         "unpruned_quantiles": weights.unpruned_quantiles(trained, masks),
     }
     generator = torch.Generator().manual_seed(options.seed)
-    batches = _train_subset(run, options.examples, options.batch_size, generator)
+    split = _train_split(run)
+    batches = _subset(split, options.examples, options.batch_size, generator)
     if "hessian" not in options.skip:
         params, sub = hessian.subnetwork(model, masks, options.subspace)
         operator = hessian.HessianOperator(model, batches, params, sub)
@@ -106,7 +107,7 @@ def analyze_run(run_dir: str | Path, options: AnalysisOptions | None = None) -> 
             if options.plots:
                 landscape.plot_landscape(curve, str(out_dir / "landscape.png"), f"{key}, density {mask.density():.1%}")
     if "bound" not in options.skip:
-        record["pac_bayes"] = _bounds(run, model, trained, init, masks, cfg.sparsity.target, options, generator)
+        record["pac_bayes"] = _bounds(split, model, trained, init, masks, cfg.sparsity.target, options, generator)
     if options.plots:
         weights.plot_distribution(trained, init, masks, str(out_dir / "weights.png"))
     record["seconds"] = round(time.perf_counter() - started, 3)
@@ -195,10 +196,17 @@ def _mask(run_dir: Path, index: int, params: dict[str, torch.nn.Parameter]) -> M
     return mask
 
 
-def _train_subset(run: RunContext, count: int | None, batch_size: int, generator: torch.Generator) -> list:
-    """A seeded subset of the training split, normalised, without augmentation (``count=None``: all of it)."""
+def _train_split(run: RunContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training split, normalised, without augmentation (gathered once for every tool)."""
     x, y = zip(*run.data.eval_batches("train"))
-    x, y = torch.cat(x), torch.cat(y)
+    return torch.cat(x), torch.cat(y)
+
+
+def _subset(
+    split: tuple[torch.Tensor, torch.Tensor], count: int | None, batch_size: int, generator: torch.Generator
+) -> list:
+    """A seeded subset of ``split`` in batches (``count=None``: all of it)."""
+    x, y = split
     if count is not None and count < y.numel():
         index = torch.randperm(y.numel(), generator=generator)[:count].to(y.device)
         x, y = x[index], y[index]
@@ -206,7 +214,7 @@ def _train_subset(run: RunContext, count: int | None, batch_size: int, generator
 
 
 def _bounds(
-    run: RunContext,
+    split: tuple[torch.Tensor, torch.Tensor],
     model: torch.nn.Module,
     trained: dict[str, torch.Tensor],
     init: dict[str, torch.Tensor],
@@ -216,11 +224,11 @@ def _bounds(
     generator: torch.Generator,
 ) -> dict[str, Any]:
     """Both bounds, each at its best posterior scale."""
-    batches = _train_subset(run, options.bound_examples, options.batch_size, generator)
+    batches = _subset(split, options.bound_examples, options.batch_size, generator)
     n = sum(int(y.numel()) for _, y in batches)
     params = dict(model.named_parameters())
     others = [name for name in params if name not in masks]
-    slab = {**{n: m for n, m in masks.items()}, **{n: None for n in others}}
+    slab = {**masks, **{n: None for n in others}}
     everything = {name: None for name in params}
     density = remaining_fraction(target) if target > 0 else 1.0  # a dense run: no spike in the prior
     spike, gauss = {}, {}

@@ -13,6 +13,7 @@ import inspect
 import re
 import typing
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -329,10 +330,8 @@ def _describe(hint: Any, *, item: bool = False) -> str:
     return _NAMES.get(hint, getattr(hint, "__name__", str(hint)))
 
 
-def read_run_config(path: str | Any) -> RunConfig:
+def read_run_config(path: str | Path) -> RunConfig:
     """The :class:`RunConfig` of a run directory's ``config.yaml`` (the validated configuration it was run with)."""
-    from pathlib import Path
-
     data = OmegaConf.to_container(OmegaConf.load(Path(path)), resolve=True)
     assert isinstance(data, dict)
     model = dict(data.get("model", {}))

@@ -249,7 +249,7 @@ def _prune(
     weights stage ``key`` ended with (or its best-validation weights, ``method.prune_from=best_val``); data-driven
     criteria evaluate ``model`` with those weights substituted."""
     method = run.cfg.method
-    weights = run.load_weights(key, "best" if method.prune_from == "best_val" else "final")
+    weights = run.load_weights(key, _ranked(run))
     unwrap(model).load_state_dict(weights)  # data-driven criteria see that state whole (biases, BN), fresh or resumed
     scores = CRITERIA.get(method.criterion)({n: weights[n] for n in params}, run.criterion_context(model, index))
     return prune_to_density(scores, density, scope=run.cfg.sparsity.scope, alive=alive)

@@ -25,7 +25,6 @@ class MaskEnforcer:
         self._params: list[nn.Parameter] = []
         self._weights: list[torch.Tensor] = []  # detached views: in-place masking without autograd bookkeeping
         self._factors: list[torch.Tensor] = []
-        self.version = 0  # changes with every set_mask: hooks that cache factors() know when to rebuild
         if mask is not None:
             self.set_mask(mask)
 
@@ -34,7 +33,6 @@ class MaskEnforcer:
         if missing:
             raise KeyError(f"mask has tensors the model does not: {missing[:3]}")
         self.mask = mask
-        self.version += 1
         self._params, self._weights, self._factors = [], [], []
         for name, keep in mask.items():
             param = self.params[name]

@@ -134,9 +134,7 @@ class RelaxedMaskedModel(ScoreMaskedModel):
         return {n: self._weights[n].detach() * self.relaxed(n).detach() * self.keep(n) for n in self.names}
 
     def masked_weights(self) -> dict[str, torch.Tensor]:
-        zero = torch.zeros((), dtype=next(iter(self._weights.values())).dtype)
-        return {n: torch.where(self.keep(n), self._weights[n] * self.relaxed(n), zero.to(self.keep(n).device))
-                for n in self.names}  # fmt: skip
+        return {n: torch.where(self.keep(n), self._weights[n] * self.relaxed(n), 0.0) for n in self.names}
 
     # ------------------------------------------------------------------------------------------- optimizer
     def optimizer_groups(self) -> list[dict[str, Any]]:

@@ -25,6 +25,11 @@ from lth_runner.training.sam import SAM
 from lth_runner.training.weight_penalty import WeightPenalty
 
 
+def flatness_enabled(cfg: TrainerConfig) -> bool:
+    """Whether any of ``trainer.penalty``, ``trainer.sam``, ``trainer.nvrm`` is on."""
+    return cfg.penalty.name != "none" or cfg.sam.enabled or cfg.nvrm.enabled
+
+
 def flatness_hooks(
     cfg: TrainerConfig,
     model: nn.Module,
