@@ -92,6 +92,8 @@ _METHODS = {
     "eb": ("eb:early_bird", s.EarlyBirdConfig, None),
     "l1": ("l1:l1", s.L1Config, None),
     "prune_at_init": ("prune_at_init:prune_at_init", s.PruneAtInitConfig, None),
+    "set": ("dst:dynamic_sparse_training", s.DSTConfig, None),
+    "rigl": ("dst:dynamic_sparse_training", s.DSTConfig, None),
     "edge_popup": ("mask_search:edge_popup", s.MaskSearchConfig, None),
     "sr_popup": ("mask_search:sr_popup", s.MaskSearchConfig, None),
     "slt_eps": ("slt_eps:slt_eps", s.SLTEpsConfig, None),

@@ -365,6 +365,30 @@ class PruneAtInitConfig(MethodConfig):
 
 
 @dataclass
+class DSTConfig(MethodConfig):
+    """Dynamic sparse training from scratch: SET (Mocanu et al. 2018, ``grow=random``) and RigL (Evci et al. 2020,
+    ``grow=gradient``), with RigL's schedule (Eq. 1, Algorithm 1)."""
+
+    grow: str = option(
+        "gradient", choices=("random", "gradient"), help="random (SET) or dense-gradient magnitude (RigL)"
+    )
+    distribution: str = option(
+        "erk", choices=("erk", "uniform"), help="per-layer densities: Erdos-Renyi-Kernel or uniform"
+    )
+    erk_power_scale: float = option(1.0, gt=0.0, help="erk: the ratio raised to this power (<1 softer; RigL's code)")
+    delta_t: int = option(100, ge=1, help="optimizer steps between mask updates")
+    alpha: float = option(0.3, ge=0.0, le=1.0, help="fraction of each layer's connections the first update changes")
+    decay: str = option("cosine", choices=("cosine", "constant"), help="update fraction alpha/2 (1 + cos(pi t/T_end))")
+    t_end: float = option(0.75, ge=0.0, le=1.0, help="fraction of training after which the mask stays fixed")
+    update_replaces_step: bool = option(True, help="an update step takes no weight step (RigL Algorithm 1)")
+    save_every: int = option(10, ge=1, help="masks/update_XXXX.pt of every this many updates (and the last)")
+    train_epochs: int | None = option(None, ge=1, help="epochs of sparse training (null: trainer.epochs)")
+
+    def check(self, run: RunConfig) -> None:
+        _check_prunes(run)
+
+
+@dataclass
 class MaskSearchConfig(MethodConfig):
     """Mask search on frozen weights: edge-popup (Ramanujan et al. 2020) and SR-popup (Lottery Jackpots, paper 004).
 

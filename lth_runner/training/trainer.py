@@ -169,6 +169,7 @@ class Trainer:
         self.stage: Stage | None = None
         self.hooks: list[Any] = []
         self.batch: tuple[torch.Tensor, torch.Tensor] | None = None  # the training batch of the step in progress
+        self.skip_step = False  # set by a ``before_step`` hook: this step takes no optimizer step (still counted)
         self.step = 0
         self.epoch = 0
         self.steps_per_epoch = data.num_train_batches()
@@ -332,9 +333,12 @@ class Trainer:
             loss, logits = self.loss_and_backward(x, y)
             for hook in before:
                 hook.before_step(self)
-            if self.cfg.max_grad_norm:
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
-            self.optimizer.step()
+            if self.skip_step:  # a hook used this step for something else (RigL's mask update replaces it)
+                self.skip_step = False
+            else:
+                if self.cfg.max_grad_norm:
+                    nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+                self.optimizer.step()
             self.step += 1  # hooks see the number of optimizer steps taken so far
             for hook in after:
                 hook.after_step(self)
@@ -523,8 +527,14 @@ class Trainer:
 
 
 def hooks_with(enforcer: MaskEnforcer | None, extra: Iterable[Any] = ()) -> list[Any]:
-    """The usual hook list: mask enforcement first (so later hooks see masked gradients), then ``extra``."""
-    return ([EnforceMask(enforcer)] if enforcer is not None else []) + list(extra)
+    """The usual hook list: mask enforcement first (so later hooks see masked gradients), then ``extra``. A hook
+    in ``extra`` that enforces the mask itself (an :class:`EnforceMask` such as dynamic sparsity's, which reads
+    the dense gradient before masking it) takes that first place instead."""
+    extra = list(extra)
+    own = [h for h in extra if isinstance(h, EnforceMask)]
+    if own:
+        return own + [h for h in extra if not isinstance(h, EnforceMask)]
+    return ([EnforceMask(enforcer)] if enforcer is not None else []) + extra
 
 
 class _Progress:
