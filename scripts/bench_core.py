@@ -1,5 +1,5 @@
 """Core performance figures (``make bench``): masked vs dense training step, score-masked (mask search) vs dense
-step, global pruning, data pipeline.
+step, RigL's non-update step vs the masked step and its update, global pruning, data pipeline.
 
 Timings on shared machines are noisy, so every comparison runs in one process, interleaves the variants in blocks,
 and reports medians and ratios. Results go to stdout and, with ``--json PATH``, to a JSON file.
@@ -33,6 +33,7 @@ from lth_runner.sparse.mask_penalties import penalty_of
 from lth_runner.sparse.relaxed_mask import MaskPenalty, ProjectToUnitBox, RelaxedMaskedModel
 from lth_runner.sparse.score_mask import ReselectTopK, ScoreMaskedModel
 from lth_runner.training import EnforceMask
+from lth_runner.training.drop_and_grow import DropAndGrow
 from lth_runner.training.optim import build_optimizer
 
 
@@ -89,6 +90,45 @@ def bench_step(arch: str, shape: tuple[int, ...], batch: int, blocks: int, steps
 
     model.train()
     return compared(arch, batch, "masked", lambda: step(False), lambda: step(True), blocks, steps)
+
+
+def bench_rigl_step(arch: str, shape: tuple[int, ...], batch: int, blocks: int, steps: int) -> dict[str, Any]:
+    """RigL's hook on a step that is not an update step against the plain masked step (both at 20% density, the
+    same model and optimizer, interleaved), and the median time of one drop-and-grow update (every 100 steps)."""
+    model = build_model(ModelConfig(arch=arch, name=arch, kwargs={}), shape, 10, seed=0)
+    params = prunable_parameters(model)
+    mask = Mask.random({n: p.shape for n, p in params.items()}, 0.2, generator=torch.Generator().manual_seed(0))
+    masked = EnforceMask(MaskEnforcer(params, mask))
+    rigl = DropAndGrow(MaskEnforcer(params, mask), grow="gradient", delta_t=100, alpha=0.3, t_end=0.75, decay="cosine")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, foreach=True)
+    # step 1 of a 10^6-step stage: never an update step
+    trainer = SimpleNamespace(step=1, stage=SimpleNamespace(epochs=1), steps_per_epoch=10**6, optimizer=optimizer,
+                              skip_step=False)  # fmt: skip
+    x = torch.randn(batch, *shape)
+    y = torch.randint(0, 10, (batch,))
+
+    def step(hook: Any) -> None:
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        hook.before_step(trainer)
+        optimizer.step()
+        hook.after_step(trainer)
+        trainer.step = 1
+
+    model.train()
+    row = compared(arch, batch, "rigl", lambda: step(masked), lambda: step(rigl), blocks, steps)
+    row["masked_ms"] = row.pop("dense_ms")
+    updates = []
+    for _ in range(max(3, blocks)):
+        F.cross_entropy(model(x), y).backward()
+        trainer.step = 100
+        start = time.perf_counter()
+        rigl.before_step(trainer)  # the drop-and-grow update of every layer (the step itself is skipped)
+        updates.append(time.perf_counter() - start)
+        optimizer.zero_grad(set_to_none=True)
+    row["update_ms"] = round(1000 * statistics.median(updates), 3)
+    return row
 
 
 def compared(
@@ -292,6 +332,17 @@ def main() -> None:
                 f"(median of {row['steps_each']} steps each)",
                 flush=True,
             )
+    results["rigl_step"] = [
+        bench_rigl_step("lenet_300_100", (1, 28, 28), 128, blocks=6 if quick else 20, steps=20 if quick else 50),
+        bench_rigl_step("resnet20", (3, 32, 32), 128, blocks=4 if quick else 8, steps=3 if quick else 5),
+    ]
+    for row in results["rigl_step"]:
+        print(
+            f"RigL step {row['model']} (batch {row['batch']}): masked {row['masked_ms']} ms, RigL non-update "
+            f"{row['rigl_ms']} ms, ratio {row['ratio']:.3f} (median of {row['steps_each']} steps each); one "
+            f"drop-and-grow update {row['update_ms']} ms",
+            flush=True,
+        )
     results["hessian_trace"] = bench_hessian_trace(1000, 2 if quick else 5)
     trace = results["hessian_trace"]
     print(

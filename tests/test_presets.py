@@ -95,8 +95,8 @@ def test_cpu_siblings_keep_the_recipe_and_run(sibling, tmp_path):
 
 # ---------------------------------------------------------------------------- mask search (papers 003 and 004)
 SEARCH_PRESETS = {
-    "jackpots/table1_vgg19_cifar10": ["sr_popup", "edge_popup", "prune_at_init", "lth"],
-    "jackpots/table1_resnet32x2_cifar10": ["sr_popup", "edge_popup", "prune_at_init", "lth"],
+    "jackpots/table1_vgg19_cifar10": ["sr_popup", "edge_popup", "prune_at_init", "lth", "set", "rigl"],
+    "jackpots/table1_resnet32x2_cifar10": ["sr_popup", "edge_popup", "prune_at_init", "lth", "set", "rigl"],
     "jackpots/table5_resnet50_imagenet": ["sr_popup", "edge_popup"],
     "jackpots/lenet_mnist": ["sr_popup", "edge_popup", "prune_at_init", "lth"],
     "slt_eps/mlp_mnist": ["slt_eps", "edge_popup"],
@@ -217,3 +217,29 @@ def test_pac_bayes_cpu_siblings_run(preset, tmp_path):
                  "trainer.num_threads=1"]  # fmt: skip
     summary = run_experiment(build_run_config(compose_config(overrides)), tmp_path / "run").to_dict()
     assert summary["status"] == "complete" and summary["final"]["test_acc"] > 0.5
+
+
+# ------------------------------------------------------------------------------ dynamic sparse training (RigL)
+def test_the_rigl_preset_is_rigls_cifar_recipe():
+    cfg = build_run_config(compose_config(["experiment=dst/rigl_wrn22_2_cifar10"]))
+    assert (cfg.model.name, cfg.trainer.epochs, cfg.trainer.batch_size, cfg.sparsity.target) == (
+        "wrn-22-2",
+        250,
+        128,
+        0.9,
+    )
+    assert (cfg.optim.nesterov, cfg.optim.weight_decay, cfg.optim.scheduler.gamma) == (True, 5e-4, 0.2)
+    # the reference's lr boundaries, 30k / 60k / 90k steps of 50,000 / 128 per epoch
+    assert [round(m * 50000 / 128) for m in cfg.optim.scheduler.milestones] == [30000, 60000, 90000]
+    assert (cfg.method.name, cfg.method.delta_t, cfg.method.alpha, cfg.method.t_end) == ("rigl", 100, 0.3, 0.75)
+    assert cfg.sparsity.exclude_first and not cfg.sparsity.exclude_last
+    assert (
+        build_run_config(compose_config(["experiment=dst/rigl_wrn22_2_cifar10", "method=set"])).method.grow == "random"
+    )
+
+
+def test_the_rigl_cpu_sibling_runs(tmp_path):
+    overrides = ["experiment=dst/rigl_wrn22_2_cifar10_cpu", "logger.console=none", "logger.plots=false"]
+    summary = run_experiment(build_run_config(compose_config(overrides)), tmp_path).to_dict()
+    assert summary["status"] == "complete" and summary["details"]["dst"]["updates"] == 2
+    assert abs(summary["final"]["density"] - 0.1) < 0.005
