@@ -5,7 +5,7 @@ One recipe (``experiment=jackpots/lenet_mnist``: SGD lr 0.1, cosine, momentum 0.
 classifier dense) and one budget of ``--budget`` epochs (passes over the training split with a backward pass) per run:
 
 - SET, RigL: the whole budget sparse from step 0 (ERK densities, update every 100 steps until 75%, alpha 0.3);
-- OBD: half dense pre-training, half fine-tuning after the one-shot prune (Fisher diagonal);
+- OBD: half dense pre-training, half fine-tuning (at lr 0.01) after the one-shot prune (Fisher diagonal);
 - LTH-Iter: 4 geometric rounds, 5 trainings of budget/5 epochs (dense, then rewind to the initialisation and retrain);
 - SR-popup: half dense pre-training (in the run), half searching the mask on the frozen trained weights.
 
@@ -35,12 +35,20 @@ def methods(budget: int) -> dict[str, list[str]]:
     return {
         "SET": ["method=set", f"trainer.epochs={budget}"],
         "RigL": ["method=rigl", f"trainer.epochs={budget}"],
-        "OBD": ["method=obd", f"trainer.epochs={half}", f"method.finetune_epochs={budget - half}",
-                "method.finetune_lr_scale=1.0"],  # fmt: skip
-        "LTH-Iter": ["method=lth_iter", "sparsity.schedule=geometric", "sparsity.rounds=4",
-                     f"trainer.epochs={budget // 5}"],  # fmt: skip
-        "SR-popup": ["method=sr_popup", "method.pretrained=auto", f"method.pretrain_epochs={half}",
-                     f"method.search_epochs={budget - half}", f"trainer.epochs={budget - half}"],  # fmt: skip
+        "OBD": ["method=obd", f"trainer.epochs={half}", f"method.finetune_epochs={budget - half}"],
+        "LTH-Iter": [
+            "method=lth_iter",
+            "sparsity.schedule=geometric",
+            "sparsity.rounds=4",
+            f"trainer.epochs={budget // 5}",
+        ],  # fmt: skip
+        "SR-popup": [
+            "method=sr_popup",
+            "method.pretrained=auto",
+            f"method.pretrain_epochs={half}",
+            f"method.search_epochs={budget - half}",
+            f"trainer.epochs={budget - half}",
+        ],  # fmt: skip
     }
 
 
@@ -68,7 +76,7 @@ def main() -> None:
     parser.add_argument("--data", default=str(REPO / "tests" / "data" / "mnist"))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--sparsities", default="90,95,98")
-    parser.add_argument("--budget", type=int, default=20, help="training epochs per run, every method")
+    parser.add_argument("--budget", type=int, default=30, help="training epochs per run, every method")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--methods", default="SET,RigL,OBD,LTH-Iter,SR-popup")
     args = parser.parse_args()

@@ -19,7 +19,7 @@ from lth_runner.sparse.dst import UpdateSchedule, drop_and_grow, erk_densities, 
 from lth_runner.training.drop_and_grow import _start_at_zero
 from lth_runner.training.trainer import Trainer
 from lth_runner.utils.io import read_jsonl
-from tests.conftest import TINY_MNIST1D, assert_killed_run_resumes_identically, run_cli, without_timings
+from tests.conftest import TINY_MNIST1D, assert_killed_run_resumes_identically, without_timings
 
 # 1,000 MNIST-1D examples (720 for training), batch 64: 12 steps an epoch, 4 epochs = 48 steps; updates every 5
 # steps until T_end = floor(0.75 * 48) = 36: at steps 5, 10, ..., 35 (7 updates).
@@ -28,6 +28,13 @@ BASE = [*TINY_MNIST1D, "trainer.epochs=4", "method.delta_t=5", "method.save_ever
 
 def config(data_root, *overrides, method="rigl"):
     return build_run_config(compose_config([*BASE, f"method={method}", f"paths.data_root={data_root}", *overrides]))
+
+
+@pytest.fixture(scope="module")
+def rigl_run(tmp_path_factory, data_root):
+    """One uninterrupted RigL run of BASE, shared by the tests that read it (its directory and summary)."""
+    out = tmp_path_factory.mktemp("rigl")
+    return out, run_experiment(config(data_root), out).to_dict()
 
 
 # ----------------------------------------------------------------------------------------------- densities
@@ -112,26 +119,34 @@ def test_new_connections_start_without_optimizer_state():
 
 # --------------------------------------------------------------------------------------- inside the trainer
 @pytest.mark.parametrize("method", ["rigl", "set"])
-def test_counts_stay_exact_and_follow_the_schedule(tmp_path, data_root, method):
-    summary = run_experiment(config(data_root, method=method), tmp_path).to_dict()
-    initial = Mask.load(tmp_path / "masks/initial.pt")
+def test_counts_stay_exact_and_follow_the_schedule(tmp_path, data_root, rigl_run, method):
+    if method == "rigl":  # ERK densities
+        out, summary = rigl_run
+    else:  # uniform densities
+        out, summary = (
+            tmp_path,
+            run_experiment(config(data_root, "method.distribution=uniform", method="set"), tmp_path).to_dict(),
+        )
+    initial = Mask.load(out / "masks/initial.pt")
     counts = {name: int(keep.sum()) for name, keep in initial.items()}
-    updates = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if r["event"] == "mask_update"]
+    updates = [r for r in read_jsonl(out / "metrics.jsonl") if r["event"] == "mask_update"]
     assert [u["step"] for u in updates] == [5, 10, 15, 20, 25, 30, 35]
     schedule = UpdateSchedule.for_training(48, delta_t=5, alpha=0.3, t_end=0.75, decay="cosine")
     for record in updates:
-        mask = Mask.load(tmp_path / f"masks/update_{record['update']:04d}.pt")
+        mask = Mask.load(out / f"masks/update_{record['update']:04d}.pt")
         assert {name: int(keep.sum()) for name, keep in mask.items()} == counts  # exact, every layer
         assert record["fraction"] == pytest.approx(schedule.fraction(record["step"]))
         for name, layer in record["layers"].items():
             assert layer["changed"] == math.floor(counts[name] * record["fraction"] + 1e-9)
-    assert Mask.load(tmp_path / "masks/final.pt") == Mask.load(tmp_path / "masks/update_0007.pt")
+    assert Mask.load(out / "masks/final.pt") == Mask.load(out / "masks/update_0007.pt")
     assert summary["final"]["kept"] == sum(counts.values()) and summary["details"]["dst"]["updates"] == 7
     assert summary["details"]["dst"]["initial_overlap"] < 0.9  # the topology moved
     assert summary["details"]["dst"]["grow"] == ("gradient" if method == "rigl" else "random")
-    # ERK gave the layers different densities with the network-wide target overall
     densities = initial.layer_densities()
-    assert len(set(densities.values())) == len(densities) and initial.density() == pytest.approx(0.2, abs=1e-3)
+    if method == "rigl":  # ERK gave the layers different densities, the network-wide target overall
+        assert len(set(densities.values())) == len(densities) and initial.density() == pytest.approx(0.2, abs=1e-3)
+    else:
+        assert counts == {name: kept_count(keep.numel(), 0.2) for name, keep in initial.items()}
 
 
 def test_grown_weights_leave_the_update_step_at_zero_and_no_extra_backward_is_run(tmp_path, data_root, monkeypatch):
@@ -175,12 +190,14 @@ def test_grown_weights_leave_the_update_step_at_zero_and_no_extra_backward_is_ru
     assert len(update_calls) == 7 and len(grown_checks) == 6 * 3 and all(grown_checks)
 
 
-def test_an_update_can_also_take_the_weight_step(tmp_path, data_root):
-    summary = run_experiment(config(data_root, "method.update_replaces_step=false"), tmp_path).to_dict()
-    skipped = run_experiment(config(data_root), tmp_path / "skipped").to_dict()
-    assert summary["final"]["kept"] == skipped["final"]["kept"]
-    weights = [torch.load(d / "checkpoints/round01_sparse.final.pt") for d in (tmp_path, tmp_path / "skipped")]
+def test_an_update_can_also_take_the_weight_step_and_masks_are_saved_every_k_updates(tmp_path, data_root, rigl_run):
+    reference_dir, reference = rigl_run
+    summary = run_experiment(config(data_root, "method.update_replaces_step=false", "method.save_every=3"), tmp_path)
+    assert summary.final.kept == reference["final"]["kept"]
+    weights = [torch.load(d / "checkpoints/round01_sparse.final.pt") for d in (tmp_path, reference_dir)]
     assert not torch.equal(weights[0]["fc1.weight"], weights[1]["fc1.weight"])  # seven more weight steps
+    saved = sorted(p.stem for p in (tmp_path / "masks").glob("update_*.pt"))
+    assert saved == ["update_0003", "update_0006", "update_0007"]  # every third and the last
 
 
 def test_static_sparse_training_is_t_end_zero(tmp_path, data_root):
@@ -189,12 +206,6 @@ def test_static_sparse_training_is_t_end_zero(tmp_path, data_root):
     assert summary["details"]["dst"]["updates"] == 0 and summary["details"]["dst"]["initial_overlap"] == 1.0
     densities = Mask.load(tmp_path / "masks/initial.pt").layer_densities()
     assert all(abs(d - 0.2) < 0.01 for d in densities.values())
-
-
-def test_masks_are_saved_every_k_updates_and_the_last(tmp_path, data_root):
-    run_experiment(config(data_root, "method.save_every=3"), tmp_path)
-    saved = sorted(p.stem for p in (tmp_path / "masks").glob("update_*.pt"))
-    assert saved == ["update_0003", "update_0006", "update_0007"]
 
 
 def test_a_rerun_of_a_finished_run_reads_the_final_mask_back(tmp_path, data_root):
@@ -219,18 +230,12 @@ def test_bad_options_fail_in_one_line(data_root, overrides, message):
         config(data_root, *overrides)
 
 
-def test_uniform_densities_keep_exact_counts_per_layer(tmp_path, data_root):
-    run_experiment(config(data_root, "method=set", "method.distribution=uniform"), tmp_path)
-    final = Mask.load(tmp_path / "masks/final.pt")
-    assert all(int(keep.sum()) == kept_count(keep.numel(), 0.2) for _, keep in final.items())
-
-
 # ------------------------------------------------------------------------------------------------ resume, CLI
-def test_a_run_that_crashed_between_updates_resumes_to_the_same_result(tmp_path, data_root, monkeypatch):
+def test_a_run_that_crashed_between_updates_resumes_to_the_same_result(tmp_path, data_root, monkeypatch, rigl_run):
     """Crashed at step 31 (after 6 updates, 7 steps past the epoch-2 checkpoint) and re-run in its directory: the
     stage resumes from the checkpoint with the hook's mask, counters and explored set, and ends exactly as an
     uninterrupted run (whose masks it also writes)."""
-    reference = run_experiment(config(data_root), tmp_path / "reference").to_dict()
+    reference_dir, reference = rigl_run
 
     class Crash:
         def after_step(self, trainer):
@@ -248,7 +253,7 @@ def test_a_run_that_crashed_between_updates_resumes_to_the_same_result(tmp_path,
     resumed = run_experiment(config(data_root), tmp_path / "run").to_dict()
     assert without_timings(resumed) == without_timings(reference)
     for name in ("initial", "final", "update_0005", "update_0006", "update_0007"):
-        assert Mask.load(tmp_path / f"run/masks/{name}.pt") == Mask.load(tmp_path / f"reference/masks/{name}.pt")
+        assert Mask.load(tmp_path / f"run/masks/{name}.pt") == Mask.load(reference_dir / f"masks/{name}.pt")
 
 
 @pytest.mark.slow
