@@ -187,3 +187,19 @@ def test_a_mask_search_on_two_processes_finds_what_one_process_finds(tmp_path, d
     assert a.kept_overlap(b) >= 0.99
     single, double = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("one", "two"))
     assert abs(single["final"]["test_acc"] - double["final"]["test_acc"]) <= 0.01
+
+
+@pytest.mark.slow
+def test_rigl_on_two_processes_moves_the_mask_as_one_process_does(tmp_path, data_root):
+    """RigL under DDP: the dense gradient is the all-reduced one, rank 0's new mask is broadcast, and the masks
+    follow one process with the same global batch (measured: the same final mask, the same accuracies)."""
+    rigl = [*COMMON, "method=rigl", "method.delta_t=4", "method.save_every=1"]
+    one = run_cli(*rigl, f"hydra.run.dir={tmp_path / 'one'}", data_root=data_root)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = torchrun(*rigl, f"hydra.run.dir={tmp_path / 'two'}", data_root=data_root)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = (Mask.load(tmp_path / d / "masks" / "final.pt") for d in ("one", "two"))
+    assert a.kept_overlap(b) >= 0.99 and a.num_kept() == b.num_kept()
+    assert Mask.load(tmp_path / "one/masks/initial.pt") != a  # the mask moved
+    single, double = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("one", "two"))
+    assert abs(single["final"]["test_acc"] - double["final"]["test_acc"]) <= 0.01
