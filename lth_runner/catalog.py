@@ -91,6 +91,7 @@ _METHODS = {
     "dlth_iter": ("dlth:dlth_iter", s.DLTHConfig, "law"),
     "eb": ("eb:early_bird", s.EarlyBirdConfig, None),
     "l1": ("l1:l1", s.L1Config, None),
+    "obd": ("obd:obd", s.OBDConfig, None),
     "prune_at_init": ("prune_at_init:prune_at_init", s.PruneAtInitConfig, None),
     "edge_popup": ("mask_search:edge_popup", s.MaskSearchConfig, None),
     "sr_popup": ("mask_search:sr_popup", s.MaskSearchConfig, None),
@@ -108,6 +109,7 @@ CRITERIA.declare("small_final", "lth_runner.sparse.criteria:small_final")
 CRITERIA.declare("random", "lth_runner.sparse.criteria:random")
 CRITERIA.declare("snip", "lth_runner.sparse.criteria:snip")
 CRITERIA.declare("grasp", "lth_runner.sparse.criteria:grasp")
+CRITERIA.declare("obd", "lth_runner.sparse.saliency:obd")  # Optimal Brain Damage (LeCun et al. 1989)
 
 for _name in ("sgd", "adam", "adamw"):
     OPTIMIZERS.declare(_name, f"lth_runner.training.optim:{_name}")
