@@ -257,3 +257,17 @@ def test_the_cli_runs_obd_on_real_mnist(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "complete" and summary["details"]["obd"]["hessian"] == "fisher"
     assert Mask.load(tmp_path / "masks/obd.pt").num_kept() == summary["final"]["kept"]
+
+
+@pytest.mark.parametrize("arch", ["vgg19", "resnet32x2"])
+def test_the_table1_presets_spend_the_160_epochs_on_fine_tuning(arch):
+    cfg = build_run_config(compose_config([f"experiment=jackpots/table1_obd_{arch}_cifar10"]))
+    assert (cfg.method.name, cfg.method.pretrained, cfg.method.scope, cfg.method.finetune_epochs) == (
+        "obd", "auto", "global", 160
+    )  # fmt: skip
+    assert (cfg.optim.lr * cfg.method.finetune_lr_scale, cfg.optim.weight_decay, cfg.trainer.batch_size) == (
+        0.1, 5e-4, 128
+    )  # fmt: skip
+    assert (cfg.sparsity.target, cfg.sparsity.obd_hessian, cfg.sparsity.exclude_last) == (0.9, "fisher", True)
+    other = build_run_config(compose_config([f"experiment=jackpots/table1_obd_{arch}_cifar10", "sparsity=95"]))
+    assert other.sparsity.target == 0.95 and other.sparsity.exclude_last
