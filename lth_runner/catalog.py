@@ -91,6 +91,7 @@ _METHODS = {
     "dlth_iter": ("dlth:dlth_iter", s.DLTHConfig, "law"),
     "eb": ("eb:early_bird", s.EarlyBirdConfig, None),
     "l1": ("l1:l1", s.L1Config, None),
+    "obd": ("obd:obd", s.OBDConfig, None),
     "prune_at_init": ("prune_at_init:prune_at_init", s.PruneAtInitConfig, None),
     "set": ("dst:dynamic_sparse_training", s.DSTConfig, None),
     "rigl": ("dst:dynamic_sparse_training", s.DSTConfig, None),
@@ -110,6 +111,7 @@ CRITERIA.declare("small_final", "lth_runner.sparse.criteria:small_final")
 CRITERIA.declare("random", "lth_runner.sparse.criteria:random")
 CRITERIA.declare("snip", "lth_runner.sparse.criteria:snip")
 CRITERIA.declare("grasp", "lth_runner.sparse.criteria:grasp")
+CRITERIA.declare("obd", "lth_runner.sparse.saliency:obd")  # Optimal Brain Damage (LeCun et al. 1989)
 
 for _name in ("sgd", "adam", "adamw"):
     OPTIMIZERS.declare(_name, f"lth_runner.training.optim:{_name}")

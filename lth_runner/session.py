@@ -345,7 +345,7 @@ class RunContext:
 
     def criterion_context(self, model: nn.Module, *labels: object) -> ScoreContext:
         """What a pruning criterion may use: a seed from ``labels``, the model and a seeded pass over the training
-        split (read only by data-driven criteria such as SNIP and GraSP)."""
+        split (read only by data-driven criteria such as SNIP, GraSP and OBD)."""
         seed = derive_seed(self.cfg.seed, "criterion", *labels)
         sparsity = self.cfg.sparsity
         return ScoreContext(
@@ -356,6 +356,8 @@ class RunContext:
                 "criterion_batches": sparsity.criterion_batches,
                 "grasp_samples_per_class": sparsity.grasp_samples_per_class,
                 "grasp_temperature": sparsity.grasp_temperature,
+                "obd_hessian": sparsity.obd_hessian,
+                "obd_samples": sparsity.obd_samples,
                 "num_classes": self.data.spec.num_classes,
             },
         )

@@ -98,6 +98,8 @@ SEARCH_PRESETS = {
     "jackpots/table1_vgg19_cifar10": ["sr_popup", "edge_popup", "prune_at_init", "lth", "set", "rigl"],
     "jackpots/table1_resnet32x2_cifar10": ["sr_popup", "edge_popup", "prune_at_init", "lth", "set", "rigl"],
     "jackpots/table5_resnet50_imagenet": ["sr_popup", "edge_popup"],
+    "jackpots/table1_obd_vgg19_cifar10": ["obd"],
+    "jackpots/table1_obd_resnet32x2_cifar10": ["obd"],
     "jackpots/lenet_mnist": ["sr_popup", "edge_popup", "prune_at_init", "lth"],
     "slt_eps/mlp_mnist": ["slt_eps", "edge_popup"],
 }
@@ -105,6 +107,8 @@ SEARCH_SIBLING_RUNS = {
     "jackpots/table1_vgg19_cifar10_cpu": ["method=sr_popup", "method.search_epochs=1", "method.pretrain_epochs=1"],
     "jackpots/table1_resnet32x2_cifar10_cpu": ["method=prune_at_init", "method.criterion=grasp"],
     "jackpots/table5_resnet50_imagenet_cpu": ["method=edge_popup", "method.search_epochs=1"],
+    "jackpots/table1_obd_vgg19_cifar10_cpu": [],
+    "jackpots/table1_obd_resnet32x2_cifar10_cpu": ["sparsity.obd_hessian=hutchinson", "sparsity.obd_samples=4"],
     "jackpots/lenet_mnist_cpu": ["method=sr_popup", "method.search_epochs=1", "trainer.epochs=1"],
     "slt_eps/mlp_mnist_cpu": ["method=slt_eps", "method.sparsities=[0.5]", "trainer.epochs=1"],
 }

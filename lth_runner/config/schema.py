@@ -354,6 +354,21 @@ class L1Config(MethodConfig):
 
 
 @dataclass
+class OBDConfig(MethodConfig):
+    """Optimal Brain Damage (LeCun et al. 1989): a pre-trained network pruned once by OBD saliency, fine-tuned (paper
+    004, Table 1). The Hessian estimator is ``sparsity.obd_hessian`` / ``obd_samples`` (shared with the criterion)."""
+
+    pretrained: str | None = option(
+        None, help="a run directory, a state-dict file, auto (trained once, cached) or timm:NAME (null: train it here)"
+    )
+    scope: str | None = option(
+        "global", choices=("layerwise", "global"), help="where weights compete (null: sparsity.scope)"
+    )
+    finetune_epochs: int | None = option(None, ge=0, help="fine-tuning epochs (null: trainer.epochs)")
+    finetune_lr_scale: float = option(0.1, gt=0.0, help="fine-tuning learning rate = optim.lr * this")
+
+
+@dataclass
 class PruneAtInitConfig(MethodConfig):
     """Pruning at initialisation (SNIP, Lee et al. 2019; GraSP, Wang et al. 2020): one-shot mask before training."""
 
@@ -592,6 +607,12 @@ class SparsityConfig:
     criterion_batches: int = option(1, ge=1, help="snip: training batches whose gradients are summed")
     grasp_samples_per_class: int = option(10, ge=1, help="grasp: training examples per class (GraSP's default)")
     grasp_temperature: float = option(200.0, gt=0.0, help="grasp: logits divided by this (GraSP's T)")
+    obd_hessian: str = option(
+        "fisher", choices=("fisher", "hutchinson"), help="obd: Hessian diagonal, empirical Fisher or Hutchinson"
+    )
+    obd_samples: int | None = option(
+        None, ge=1, help="obd: fisher examples (null: all of criterion_batches), hutchinson probes (null: 100)"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ optimizer

@@ -11,7 +11,8 @@ with the smallest sums, then retrain ("prune once and retrain", Sec. 3.4). The m
    ``timm:NAME``; :mod:`lth_runner.models.pretrained`);
 2. prune once to ``sparsity.target`` (mask saved as ``masks/l1.pt`` and read back on resume);
 3. fine-tune the masked pre-trained weights (stage ``finetune/ticket``) with a fresh optimizer at
-   ``optim.lr * method.finetune_lr_scale``, the learning-rate schedule spanning the fine-tuning epochs.
+   ``optim.lr * method.finetune_lr_scale``, the learning-rate schedule spanning the fine-tuning epochs (the
+   pipeline, shared with ``method=obd``, is :mod:`lth_runner.methods.one_shot`).
 
 Choices where the papers leave room (also in docs/methods.md):
 - ``structure=weight`` (default) is unstructured magnitude pruning (|w|, the per-weight L1 norm) with
@@ -34,7 +35,6 @@ Choices where the papers leave room (also in docs/methods.md):
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,16 +42,12 @@ import torch
 from torch import nn
 
 from lth_runner.config.schema import L1Config
-from lth_runner.methods.controls import controls_from_init
-from lth_runner.models import pretrained
-from lth_runner.models.pretrained import PRETRAIN_KEY
+from lth_runner.methods.one_shot import OneShot, prune_once_and_finetune
 from lth_runner.session import RunContext
-from lth_runner.sparse import Mask, MaskEnforcer, kept_count, prunable_parameters, prune_to_density, select_top, unwrap
+from lth_runner.sparse import Mask, kept_count, prunable_parameters, prune_to_density, select_top
 from lth_runner.sparse.schedule import remaining_fraction
-from lth_runner.summary import Summary, round_summary
-from lth_runner.training.trainer import Stage, StageResult
+from lth_runner.summary import Summary
 
-FINETUNE_KEY = "finetune/ticket"
 MASK_NAME = "l1"
 
 
@@ -101,77 +97,38 @@ def filter_density(mask: Mask) -> float:
 
 # ------------------------------------------------------------------------------------------------- method
 def l1(run: RunContext) -> Summary:
-    """Pre-train (or load), prune once by L1 magnitude to the target, fine-tune."""
+    """Pre-train (or load), prune once by L1 magnitude to the target, fine-tune (:mod:`.one_shot`)."""
     cfg, method = run.cfg, run.cfg.method
     assert isinstance(method, L1Config)
-    finetune_epochs = cfg.trainer.epochs if method.finetune_epochs is None else method.finetune_epochs
-    finetune_optim = dataclasses.replace(cfg.optim, lr=cfg.optim.lr * method.finetune_lr_scale)
     scope = "layerwise" if method.structure == "filter" else method.scope or cfg.sparsity.scope
 
-    model = run.new_model("init")  # the labels LTH uses, so an in-run pre-training equals LTH's round 0
-    params = run.prunable(model)
-    total = sum(p.numel() for p in params.values())
-    init_state = {k: v.detach().clone() for k, v in unwrap(model).state_dict().items()}
-    run.log_start(total, densities=[remaining_fraction(cfg.sparsity.target)])
-    loaded = pretrained.obtain(run, model, epochs=cfg.trainer.epochs) if method.pretrained is not None else None
-    if loaded is not None:
-        run.message(f"l1: pre-trained weights from {loaded.source} ({loaded.kind})")
-    if method.structure == "filter":
-        _warn_classifier(run, model, params)
-
-    results: list[StageResult] = []
-    if loaded is None:
-        dense = run.train(Stage(PRETRAIN_KEY, 0, "dense", cfg.trainer.epochs), model, None, keep_weights=True)
-        results.append(dense)
-        source: dict[str, Any] = {"source": PRETRAIN_KEY, "source_kind": "in_run"}
-    else:
-        source = {"source": loaded.source, "source_kind": loaded.kind}
-        if loaded.stage is not None:
-            results.append(loaded.stage)
-    evaluated = run.evaluate(model, "pretrained/evaluate", 0)
-    rounds = [round_summary(0, total, total, results[0] if results else evaluated)]
-    section: dict[str, Any] = {
-        **source,
-        "structure": method.structure,
-        "scope": scope,
-        "finetune_epochs": finetune_epochs,
-        "finetune_lr": finetune_optim.lr,
-        "pretrained": {"val_acc": evaluated.best_val_acc, "test_acc": evaluated.final_test_acc},
-    }
-    run.write_summary(total, results=results, final=rounds[0].ticket, kept=total, round_index=0, rounds=rounds,
-                      details={"l1": section}, complete=False)  # fmt: skip
-
-    def prune() -> Mask:
+    def prune(model: nn.Module, params: Mapping[str, nn.Parameter]) -> Mask:
         return l1_mask(params, cfg.sparsity.target, structure=method.structure, scope=scope)
 
-    mask = run.mask(MASK_NAME, prune, round=1, structure=method.structure)
-    section.update(
-        weight_density=mask.density(),
-        filter_density=filter_density(mask),
-        layer_filters_kept=filters_kept(mask),
-        layer_filters_total={name: keep.shape[0] for name, keep in mask.items()},
-    )
-    enforcer = MaskEnforcer(params, mask)
-    enforcer.apply_to_weights()
-    pruned = run.evaluate(model, "pruned/evaluate", 1, density=mask.density())
-    section["pruned"] = {"val_acc": pruned.best_val_acc, "test_acc": pruned.final_test_acc}
+    def describe(mask: Mask) -> dict[str, Any]:
+        return {
+            "weight_density": mask.density(),
+            "filter_density": filter_density(mask),
+            "layer_filters_kept": filters_kept(mask),
+            "layer_filters_total": {name: keep.shape[0] for name, keep in mask.items()},
+        }
 
-    if finetune_epochs > 0:
-        final = run.train(
-            Stage(FINETUNE_KEY, 1, "ticket", finetune_epochs, density=mask.density()),
-            model,
-            enforcer,
-            optim=finetune_optim,
-        )
-        results.append(final)
-    else:  # nothing fine-tuned: the pruned network is what is delivered
-        final = pruned
-    controls = controls_from_init(
-        run, round_index=1, mask=mask, model=model, enforcer=enforcer, init_state=init_state, results=results
+    def prepare(model: nn.Module, params: Mapping[str, nn.Parameter]) -> None:
+        if method.structure == "filter":
+            _warn_classifier(run, model, params)
+
+    spec = OneShot(
+        name=MASK_NAME,
+        prune=prune,
+        pretrained=method.pretrained,
+        finetune_epochs=method.finetune_epochs,
+        finetune_lr_scale=method.finetune_lr_scale,
+        fields={"structure": method.structure, "scope": scope},
+        event={"structure": method.structure},
+        describe=describe,
+        prepare=prepare,
     )
-    rounds.append(round_summary(1, mask.num_kept(), total, final, controls))
-    return run.write_summary(total, results=results, final=final, kept=mask.num_kept(), round_index=1,
-                             rounds=rounds, controls=controls, details={"l1": section}, complete=True)  # fmt: skip
+    return prune_once_and_finetune(run, spec)
 
 
 def _warn_classifier(run: RunContext, model: nn.Module, params: Mapping[str, nn.Parameter]) -> None:
