@@ -7,7 +7,8 @@ classifier dense) and one budget of ``--budget`` epochs (passes over the trainin
 - SET, RigL: the whole budget sparse from step 0 (ERK densities, update every 100 steps until 75%, alpha 0.3);
 - OBD: half dense pre-training, half fine-tuning (at lr 0.01) after the one-shot prune (Fisher diagonal);
 - LTH-Iter: 4 geometric rounds, 5 trainings of budget/5 epochs (dense, then rewind to the initialisation and retrain);
-- SR-popup: half dense pre-training (in the run), half searching the mask on the frozen trained weights.
+- SR-popup: half dense pre-training (``method.pretrained=auto``, a cache per sparsity so that every run trains and
+  counts its own), half searching the mask on the frozen trained weights.
 
     python scripts/compare_dst.py --out outputs/dst_mnist                 # about 25 min on 2 CPU cores
     python scripts/compare_dst.py --seeds 0 --sparsities 90 --budget 10   # a quick look
@@ -90,7 +91,10 @@ def main() -> None:
         for method in chosen:
             for seed in seeds:
                 out = root / "runs" / method / f"s{sparsity}" / f"seed{seed}"
-                summary = run(args, out, [*table[method], f"sparsity={sparsity}", f"seed={seed}"])
+                overrides = [*table[method], f"sparsity={sparsity}", f"seed={seed}"]
+                if method == "SR-popup":  # its dense network trained in every run, its epochs in the run's cost
+                    overrides.append(f"paths.data_root={root / 'cache' / f's{sparsity}'}")
+                summary = run(args, out, overrides)
                 cost = summary["cost"]
                 row = {
                     "test_acc": 100 * summary["final"]["test_acc"],

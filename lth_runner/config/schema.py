@@ -366,6 +366,9 @@ class OBDConfig(MethodConfig):
     )
     finetune_epochs: int | None = option(None, ge=0, help="fine-tuning epochs (null: trainer.epochs)")
     finetune_lr_scale: float = option(0.1, gt=0.0, help="fine-tuning learning rate = optim.lr * this")
+    hessian_batches: int | None = option(
+        8, ge=1, help="training batches estimating h_ii (null: sparsity.criterion_batches, 1 by default)"
+    )
 
 
 @dataclass

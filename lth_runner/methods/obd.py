@@ -8,7 +8,9 @@ prune + fine-tune), on the pipeline of :mod:`lth_runner.methods.one_shot`:
 
 1. pre-train the dense network (stage ``pretrain/dense``) or load ``method.pretrained``;
 2. score by the ``obd`` criterion (:mod:`lth_runner.sparse.saliency`; ``sparsity.obd_hessian`` fisher or
-   hutchinson, ``sparsity.obd_samples``, ``sparsity.criterion_batches`` training batches) and keep the highest
+   hutchinson, ``sparsity.obd_samples``, ``method.hessian_batches`` training batches: 8 by default, where the
+   criterion's own default is ``sparsity.criterion_batches`` = 1, because one batch's empirical Fisher is too
+   noisy to rank weights by, docs/results.md) and keep the highest
    saliencies, ``method.scope`` global by default (OBD sorts all parameters together); mask ``masks/obd.pt``;
 3. fine-tune at ``optim.lr * method.finetune_lr_scale`` for ``method.finetune_epochs``.
 
@@ -17,6 +19,7 @@ The summary section ``obd`` holds the source, scope, estimator, sample count, th
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 from torch import nn
@@ -36,15 +39,18 @@ def obd(run: RunContext) -> Summary:
     assert isinstance(method, OBDConfig)
     sparsity = cfg.sparsity
     scope = method.scope or sparsity.scope
+    batches = method.hessian_batches or sparsity.criterion_batches
     if sparsity.obd_hessian == "hutchinson":  # probes
         samples = sparsity.obd_samples or saliency.DEFAULT_PROBES
     else:  # examples: the criterion reads whole training batches
-        samples = sparsity.criterion_batches * cfg.trainer.batch_size
+        samples = batches * cfg.trainer.batch_size
         samples = min(samples, sparsity.obd_samples or samples)
 
     def prune(model: nn.Module, params: Mapping[str, nn.Parameter]) -> Mask:
         weights = {n: p.detach() for n, p in params.items()}
-        scores = saliency.obd(weights, run.criterion_context(model, "obd"))
+        context = run.criterion_context(model, "obd")
+        context = dataclasses.replace(context, options={**context.options, "criterion_batches": batches})
+        scores = saliency.obd(weights, context)
         return prune_to_density(scores, remaining_fraction(sparsity.target), scope=scope)
 
     spec = OneShot(
@@ -57,7 +63,7 @@ def obd(run: RunContext) -> Summary:
             "scope": scope,
             "hessian": sparsity.obd_hessian,
             "samples": samples,
-            "criterion_batches": sparsity.criterion_batches,
+            "hessian_batches": batches,
         },
         event={"criterion": "obd", "hessian": sparsity.obd_hessian},
         describe=lambda mask: {"weight_density": mask.density(), "layer_kept": mask.layer_kept()},
