@@ -6,6 +6,8 @@ classifier dense) and one budget of ``--budget`` epochs (passes over the trainin
 
 - SET, RigL: the whole budget sparse from step 0 (ERK densities, update every 100 steps until 75%, alpha 0.3);
 - OBD: half dense pre-training, half fine-tuning (at lr 0.01) after the one-shot prune (Fisher diagonal);
+- Magnitude: OBD's pipeline with global |w| instead of the saliency (``method=l1 method.scope=global``), the control
+  that says what the Hessian adds;
 - LTH-Iter: 4 geometric rounds, 5 trainings of budget/5 epochs (dense, then rewind to the initialisation and retrain);
 - SR-popup: half dense pre-training (``method.pretrained=auto``, a cache per sparsity so that every run trains and
   counts its own), half searching the mask on the frozen trained weights.
@@ -37,6 +39,12 @@ def methods(budget: int) -> dict[str, list[str]]:
         "SET": ["method=set", f"trainer.epochs={budget}"],
         "RigL": ["method=rigl", f"trainer.epochs={budget}"],
         "OBD": ["method=obd", f"trainer.epochs={half}", f"method.finetune_epochs={budget - half}"],
+        "Magnitude": [
+            "method=l1",
+            "method.scope=global",
+            f"trainer.epochs={half}",
+            f"method.finetune_epochs={budget - half}",
+        ],  # fmt: skip
         "LTH-Iter": [
             "method=lth_iter",
             "sparsity.schedule=geometric",
@@ -79,7 +87,7 @@ def main() -> None:
     parser.add_argument("--sparsities", default="90,95,98")
     parser.add_argument("--budget", type=int, default=30, help="training epochs per run, every method")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--methods", default="SET,RigL,OBD,LTH-Iter,SR-popup")
+    parser.add_argument("--methods", default="SET,RigL,OBD,Magnitude,LTH-Iter,SR-popup")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     sparsities = [int(s) for s in args.sparsities.split(",")]
@@ -102,9 +110,13 @@ def main() -> None:
                     "epochs": cost["epochs_total"],
                     "seconds": cost["seconds_total"],
                 }
+                one_shot = summary["details"].get("obd") or summary["details"].get("l1")
+                if one_shot:  # the pruned network before fine-tuning
+                    row["pruned_test_acc"] = 100 * one_shot["pruned"]["test_acc"]
                 results[method][sparsity].append(row)
-                print(f"{method:9s} s={sparsity} seed={seed}: {row['test_acc']:.2f}% density {100 * row['density']:.2f}% "
-                      f"{row['epochs']} epochs {row['seconds']:.1f}s", flush=True)  # fmt: skip
+                print(f"{method:9s} s={sparsity} seed={seed}: {row['test_acc']:.2f}% "
+                      f"density {100 * row['density']:.2f}% {row['epochs']} epochs {row['seconds']:.1f}s",
+                      flush=True)  # fmt: skip
     (root / "results.json").write_text(json.dumps({"budget": args.budget, "runs": results}, indent=1))
     print("\n| method | " + " | ".join(f"{s}%" for s in sparsities) + " | epochs | seconds (median) |")
     print("|---|" + "---|" * (len(sparsities) + 2))
@@ -118,6 +130,17 @@ def main() -> None:
         epochs = sorted({r["epochs"] for r in runs})
         seconds = statistics.median(r["seconds"] for r in runs)
         print(f"| {method} | " + " | ".join(cells) + f" | {'/'.join(map(str, epochs))} | {seconds:.1f} |")
+    pruned = [m for m in chosen if "pruned_test_acc" in results[m][sparsities[0]][0]]
+    if pruned:
+        print("\nbefore fine-tuning (the one-shot prune of the pre-trained network):\n")
+        print("| method | " + " | ".join(f"{s}%" for s in sparsities) + " |")
+        print("|---|" + "---|" * len(sparsities))
+        for method in pruned:
+            cells = []
+            for s in sparsities:
+                accs = [r["pruned_test_acc"] for r in results[method][s]]
+                cells.append(f"{statistics.mean(accs):.2f} +- {statistics.stdev(accs) if len(accs) > 1 else 0.0:.2f}")
+            print(f"| {method} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
