@@ -6,6 +6,7 @@ classifier dense) and one budget of ``--budget`` epochs (passes over the trainin
 
 - SET, RigL: the whole budget sparse from step 0 (ERK densities, update every 100 steps until 75%, alpha 0.3);
 - OBD: half dense pre-training, half fine-tuning (at lr 0.01) after the one-shot prune (Fisher diagonal);
+- OBD-Hutchinson (not in the default list): OBD with Hutchinson's diagonal (100 probes);
 - Magnitude: OBD's pipeline with global |w| instead of the saliency (``method=l1 method.scope=global``), the control
   that says what the Hessian adds;
 - LTH-Iter: 4 geometric rounds, 5 trainings of budget/5 epochs (dense, then rewind to the initialisation and retrain);
@@ -39,6 +40,12 @@ def methods(budget: int) -> dict[str, list[str]]:
         "SET": ["method=set", f"trainer.epochs={budget}"],
         "RigL": ["method=rigl", f"trainer.epochs={budget}"],
         "OBD": ["method=obd", f"trainer.epochs={half}", f"method.finetune_epochs={budget - half}"],
+        "OBD-Hutchinson": [
+            "method=obd",
+            "sparsity.obd_hessian=hutchinson",
+            f"trainer.epochs={half}",
+            f"method.finetune_epochs={budget - half}",
+        ],  # fmt: skip
         "Magnitude": [
             "method=l1",
             "method.scope=global",
