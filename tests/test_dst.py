@@ -14,10 +14,10 @@ from lth_runner.config.compose import compose_config
 from lth_runner.config.validate import build_run_config
 from lth_runner.errors import ConfigError
 from lth_runner.session import run_experiment
-from lth_runner.sparse import Mask, kept_count
+from lth_runner.sparse import Mask, MaskEnforcer, kept_count
 from lth_runner.sparse.dst import UpdateSchedule, drop_and_grow, erk_densities, layer_densities, update_count
-from lth_runner.training.drop_and_grow import _start_at_zero
-from lth_runner.training.trainer import Trainer
+from lth_runner.training.drop_and_grow import DropAndGrow, _start_at_zero
+from lth_runner.training.trainer import EnforceMask, Trainer, hooks_with
 from lth_runner.utils.io import read_jsonl
 from tests.conftest import TINY_MNIST1D, assert_killed_run_resumes_identically, without_timings
 
@@ -263,3 +263,13 @@ def test_a_run_killed_between_updates_resumes_to_the_same_result(tmp_path, data_
     overrides = [*BASE, "method=rigl", "trainer.num_threads=1"]
     masks = ["initial", "final", "update_0005", "update_0007"]
     assert_killed_run_resumes_identically(tmp_path, overrides, "round01/sparse:31", masks, data_root)
+
+
+def test_the_drop_and_grow_hook_takes_the_place_of_its_enforcers_hook_only():
+    weight = nn.Parameter(torch.ones(4))
+    enforcer = MaskEnforcer({"w": weight}, Mask({"w": torch.tensor([True, False, True, False])}))
+    other = EnforceMask(MaskEnforcer({"w": weight}, Mask({"w": torch.tensor([True, True, True, False])})))
+    hook = DropAndGrow(enforcer, grow="random", delta_t=1, alpha=0.3, t_end=0.75, decay="cosine")
+    assert hooks_with(enforcer, [other, hook]) == [hook, other]  # first, so it reads the gradient unmasked
+    plain = hooks_with(enforcer, [other])  # another mask's hook (EB's BatchNorm channels) adds to the enforcer's
+    assert len(plain) == 2 and plain[0].enforcer is enforcer and plain[1] is other

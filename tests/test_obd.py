@@ -218,7 +218,10 @@ def test_pretrain_prune_by_obd_finetune_on_mnist1d(tmp_path, data_root):
     assert len(set(layer_kept.values())) > 1 and layer_kept != {"fc1.weight": 320, "fc2.weight": 256, "fc3.weight": 80}
     section = summary["details"]["obd"]
     assert (section["source"], section["scope"], section["hessian"], section["samples"]) == (
-        "pretrain/dense", "global", "fisher", 8 * 64
+        "pretrain/dense",
+        "global",
+        "fisher",
+        8 * 64,
     )  # fmt: skip  (method.hessian_batches = 8 batches of 64)
     assert section["weight_density"] == 0.25 and section["layer_kept"] == layer_kept
     assert section["finetune_lr"] == pytest.approx(0.01)

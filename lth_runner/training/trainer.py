@@ -529,11 +529,12 @@ class Trainer:
 def hooks_with(enforcer: MaskEnforcer | None, extra: Iterable[Any] = ()) -> list[Any]:
     """The usual hook list: mask enforcement first (so later hooks see masked gradients), then ``extra``. A hook
     in ``extra`` that enforces the mask itself (an :class:`EnforceMask` such as dynamic sparsity's, which reads
-    the dense gradient before masking it) takes that first place instead."""
+    the dense gradient before masking it) takes that first place instead; hooks enforcing other masks (EB's
+    BatchNorm channels) stay where they are."""
     extra = list(extra)
-    own = [h for h in extra if isinstance(h, EnforceMask)]
+    own = [h for h in extra if isinstance(h, EnforceMask) and enforcer is not None and h.enforcer is enforcer]
     if own:
-        return own + [h for h in extra if not isinstance(h, EnforceMask)]
+        return own + [h for h in extra if h not in own]
     return ([EnforceMask(enforcer)] if enforcer is not None else []) + extra
 
 
