@@ -67,66 +67,61 @@ def bench_prune(repeats: int) -> dict[str, Any]:
     }
 
 
-def bench_step(arch: str, shape: tuple[int, ...], batch: int, blocks: int, steps: int) -> dict[str, Any]:
-    """Median time of one SGD step (forward, backward, momentum + weight decay update) without and with mask
-    enforcement at 20% density, interleaved block by block."""
+def _masked_training(arch: str, shape: tuple[int, ...], batch: int) -> tuple[Any, Callable[..., None]]:
+    """A model with its prunable weights, a random 20% mask, an SGD optimizer (momentum, weight decay) and one batch;
+    ``step(hook, trainer)`` runs forward, backward, the hook around the optimizer step (None: a plain step)."""
     model = build_model(ModelConfig(arch=arch, name=arch, kwargs={}), shape, 10, seed=0)
     params = prunable_parameters(model)
     mask = Mask.random({n: p.shape for n, p in params.items()}, 0.2, generator=torch.Generator().manual_seed(0))
-    hook = EnforceMask(MaskEnforcer(params, mask))  # what the trainer calls around every step
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, foreach=True)
     x = torch.randn(batch, *shape)
     y = torch.randint(0, 10, (batch,))
 
-    def step(masked: bool) -> None:
+    def step(hook: Any, trainer: Any = None) -> None:
         loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if masked:
-            hook.before_step(None)
+        if hook is not None:
+            hook.before_step(trainer)
         optimizer.step()
-        if masked:
-            hook.after_step(None)
+        if hook is not None:
+            hook.after_step(trainer)
 
     model.train()
-    return compared(arch, batch, "masked", lambda: step(False), lambda: step(True), blocks, steps)
+    setup = SimpleNamespace(model=model, params=params, mask=mask, optimizer=optimizer, x=x, y=y)
+    return setup, step
+
+
+def bench_step(arch: str, shape: tuple[int, ...], batch: int, blocks: int, steps: int) -> dict[str, Any]:
+    """Median time of one SGD step (forward, backward, momentum + weight decay update) without and with mask
+    enforcement at 20% density, interleaved block by block."""
+    setup, step = _masked_training(arch, shape, batch)
+    hook = EnforceMask(MaskEnforcer(setup.params, setup.mask))  # what the trainer calls around every step
+    return compared(arch, batch, "masked", lambda: step(None), lambda: step(hook), blocks, steps)
 
 
 def bench_rigl_step(arch: str, shape: tuple[int, ...], batch: int, blocks: int, steps: int) -> dict[str, Any]:
     """RigL's hook on a step that is not an update step against the plain masked step (both at 20% density, the
     same model and optimizer, interleaved), and the median time of one drop-and-grow update (every 100 steps)."""
-    model = build_model(ModelConfig(arch=arch, name=arch, kwargs={}), shape, 10, seed=0)
-    params = prunable_parameters(model)
-    mask = Mask.random({n: p.shape for n, p in params.items()}, 0.2, generator=torch.Generator().manual_seed(0))
-    masked = EnforceMask(MaskEnforcer(params, mask))
-    rigl = DropAndGrow(MaskEnforcer(params, mask), grow="gradient", delta_t=100, alpha=0.3, t_end=0.75, decay="cosine")
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, foreach=True)
+    setup, step = _masked_training(arch, shape, batch)
+    masked = EnforceMask(MaskEnforcer(setup.params, setup.mask))
+    rigl = DropAndGrow(
+        MaskEnforcer(setup.params, setup.mask), grow="gradient", delta_t=100, alpha=0.3, t_end=0.75, decay="cosine"
+    )
     # step 1 of a 10^6-step stage: never an update step
-    trainer = SimpleNamespace(step=1, stage=SimpleNamespace(epochs=1), steps_per_epoch=10**6, optimizer=optimizer,
-                              skip_step=False)  # fmt: skip
-    x = torch.randn(batch, *shape)
-    y = torch.randint(0, 10, (batch,))
-
-    def step(hook: Any) -> None:
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        hook.before_step(trainer)
-        optimizer.step()
-        hook.after_step(trainer)
-        trainer.step = 1
-
-    model.train()
-    row = compared(arch, batch, "rigl", lambda: step(masked), lambda: step(rigl), blocks, steps)
+    trainer = SimpleNamespace(step=1, stage=SimpleNamespace(epochs=1), steps_per_epoch=10**6,
+                              optimizer=setup.optimizer, skip_step=False)  # fmt: skip
+    row = compared(arch, batch, "rigl", lambda: step(masked, trainer), lambda: step(rigl, trainer), blocks, steps)
     row["masked_ms"] = row.pop("dense_ms")
     updates = []
     for _ in range(max(3, blocks)):
-        F.cross_entropy(model(x), y).backward()
+        F.cross_entropy(setup.model(setup.x), setup.y).backward()
         trainer.step = 100
         start = time.perf_counter()
         rigl.before_step(trainer)  # the drop-and-grow update of every layer (the step itself is skipped)
         updates.append(time.perf_counter() - start)
-        optimizer.zero_grad(set_to_none=True)
+        trainer.step = 1
+        setup.optimizer.zero_grad(set_to_none=True)
     row["update_ms"] = round(1000 * statistics.median(updates), 3)
     return row
 

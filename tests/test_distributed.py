@@ -175,17 +175,23 @@ def test_the_preemption_signal_saves_the_exact_step_and_the_rerun_finishes_ident
     assert epochs("run") == epochs("reference")  # including the train loss of the epoch that was cut in two
 
 
+def one_and_two_processes(tmp_path, overrides, data_root) -> tuple[dict, dict]:
+    """``overrides`` run by one process (``tmp_path/one``) and by two under torchrun (``tmp_path/two``), with the same
+    global batch: their summaries."""
+    one = run_cli(*overrides, f"hydra.run.dir={tmp_path / 'one'}", data_root=data_root)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = torchrun(*overrides, f"hydra.run.dir={tmp_path / 'two'}", data_root=data_root)
+    assert two.returncode == 0, two.stderr[-3000:]
+    return tuple(json.loads((tmp_path / d / "summary.json").read_text()) for d in ("one", "two"))
+
+
 def test_a_mask_search_on_two_processes_finds_what_one_process_finds(tmp_path, data_root):
     """SR-popup under DDP: the scores' gradients are averaged, every rank swaps the same entries, and the result
     matches one process with the same global batch (measured: the same mask, the same accuracies)."""
     search = [*COMMON, "method=sr_popup", "method.pretrain_epochs=2", "trainer.epochs=2"]
-    one = run_cli(*search, f"hydra.run.dir={tmp_path / 'one'}", data_root=data_root)
-    assert one.returncode == 0, one.stderr[-2000:]
-    two = torchrun(*search, f"hydra.run.dir={tmp_path / 'two'}", data_root=data_root)
-    assert two.returncode == 0, two.stderr[-3000:]
+    single, double = one_and_two_processes(tmp_path, search, data_root)
     a, b = (Mask.load(tmp_path / d / "masks" / "search.pt") for d in ("one", "two"))
     assert a.kept_overlap(b) >= 0.99
-    single, double = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("one", "two"))
     assert abs(single["final"]["test_acc"] - double["final"]["test_acc"]) <= 0.01
 
 
@@ -193,13 +199,8 @@ def test_a_mask_search_on_two_processes_finds_what_one_process_finds(tmp_path, d
 def test_rigl_on_two_processes_moves_the_mask_as_one_process_does(tmp_path, data_root):
     """RigL under DDP: the dense gradient is the all-reduced one, rank 0's new mask is broadcast, and the masks
     follow one process with the same global batch (measured: the same final mask, the same accuracies)."""
-    rigl = [*COMMON, "method=rigl", "method.delta_t=4", "method.save_every=1"]
-    one = run_cli(*rigl, f"hydra.run.dir={tmp_path / 'one'}", data_root=data_root)
-    assert one.returncode == 0, one.stderr[-2000:]
-    two = torchrun(*rigl, f"hydra.run.dir={tmp_path / 'two'}", data_root=data_root)
-    assert two.returncode == 0, two.stderr[-3000:]
+    single, double = one_and_two_processes(tmp_path, [*COMMON, "method=rigl", "method.delta_t=4"], data_root)
     a, b = (Mask.load(tmp_path / d / "masks" / "final.pt") for d in ("one", "two"))
     assert a.kept_overlap(b) >= 0.99 and a.num_kept() == b.num_kept()
     assert Mask.load(tmp_path / "one/masks/initial.pt") != a  # the mask moved
-    single, double = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("one", "two"))
     assert abs(single["final"]["test_acc"] - double["final"]["test_acc"]) <= 0.01

@@ -20,18 +20,9 @@ from lth_runner.models.mlp import MLP
 from lth_runner.session import run_experiment
 from lth_runner.sparse import Mask, MaskEnforcer, kept_count
 from lth_runner.utils.io import read_jsonl
-from tests.conftest import run_cli, without_timings
+from tests.conftest import QUIET_MNIST1D, run_cli, without_timings
 
-BASE = [
-    "model=mlp",
-    "dataset=mnist1d",
-    "dataset.num_samples=1000",
-    "trainer.epochs=2",
-    "logger.console=none",
-    "logger.plots=false",
-    "model.hidden=[32,32]",
-    "trainer.batch_size=64",
-]
+BASE = QUIET_MNIST1D
 LAYERS = {"fc1.weight": (32, 40), "fc2.weight": (32, 32), "fc3.weight": (10, 32)}
 PRUNABLE = sum(a * b for a, b in LAYERS.values())  # 2624
 

@@ -11,17 +11,9 @@ from lth_runner.errors import ConfigError
 from lth_runner.session import run_experiment
 from lth_runner.sparse import Mask, kept_count
 from lth_runner.utils.io import read_jsonl
+from tests.conftest import QUIET_MNIST1D
 
-BASE = [
-    "model=mlp",
-    "dataset=mnist1d",
-    "dataset.num_samples=1000",
-    "trainer.epochs=2",
-    "logger.console=none",
-    "logger.plots=false",
-    "model.hidden=[32,32]",
-    "trainer.batch_size=64",
-]
+BASE = QUIET_MNIST1D
 PRUNABLE = 40 * 32 + 32 * 32 + 32 * 10
 
 

@@ -21,18 +21,9 @@ from lth_runner.session import run_experiment
 from lth_runner.sparse import Mask, kept_count, prune_to_density
 from lth_runner.sparse.criteria import ScoreContext, magnitude
 from lth_runner.sparse.saliency import fisher_diagonal, hutchinson_diagonal, obd, obd_saliency
-from tests.conftest import run_cli
+from tests.conftest import QUIET_MNIST1D, run_cli
 
-BASE = [
-    "model=mlp",
-    "dataset=mnist1d",
-    "dataset.num_samples=1000",
-    "trainer.epochs=2",
-    "logger.console=none",
-    "logger.plots=false",
-    "model.hidden=[32,32]",
-    "trainer.batch_size=64",
-]
+BASE = QUIET_MNIST1D
 PRUNABLE = 32 * 40 + 32 * 32 + 10 * 32  # 2624
 
 

@@ -339,13 +339,13 @@ class EarlyBirdConfig(MethodConfig):
 
 
 @dataclass
-class L1Config(MethodConfig):
-    """Seed 000's "L1" baseline: magnitude pruning of a pre-trained network, then fine-tuning (Li et al. 2017)."""
+class OneShotConfig(MethodConfig):
+    """What every prune-once-and-fine-tune method (``lth_runner.methods.one_shot``) takes: the weights pruned, where
+    weights compete, the fine-tuning length and rate."""
 
     pretrained: str | None = option(
         None, help="a run directory, a state-dict file, auto (trained once, cached) or timm:NAME (null: train it here)"
     )
-    structure: str = option("weight", choices=("weight", "filter"), help="per-weight magnitude or whole filters")
     scope: str | None = option(
         "layerwise", choices=("layerwise", "global"), help="where weights compete (null: sparsity.scope)"
     )
@@ -354,18 +354,20 @@ class L1Config(MethodConfig):
 
 
 @dataclass
-class OBDConfig(MethodConfig):
+class L1Config(OneShotConfig):
+    """Seed 000's "L1" baseline: magnitude pruning of a pre-trained network, then fine-tuning (Li et al. 2017)."""
+
+    structure: str = option("weight", choices=("weight", "filter"), help="per-weight magnitude or whole filters")
+
+
+@dataclass
+class OBDConfig(OneShotConfig):
     """Optimal Brain Damage (LeCun et al. 1989): a pre-trained network pruned once by OBD saliency, fine-tuned (paper
     004, Table 1). The Hessian estimator is ``sparsity.obd_hessian`` / ``obd_samples`` (shared with the criterion)."""
 
-    pretrained: str | None = option(
-        None, help="a run directory, a state-dict file, auto (trained once, cached) or timm:NAME (null: train it here)"
-    )
     scope: str | None = option(
         "global", choices=("layerwise", "global"), help="where weights compete (null: sparsity.scope)"
     )
-    finetune_epochs: int | None = option(None, ge=0, help="fine-tuning epochs (null: trainer.epochs)")
-    finetune_lr_scale: float = option(0.1, gt=0.0, help="fine-tuning learning rate = optim.lr * this")
     hessian_batches: int | None = option(
         8, ge=1, help="training batches estimating h_ii (null: sparsity.criterion_batches, 1 by default)"
     )

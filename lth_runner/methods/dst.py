@@ -30,6 +30,7 @@ from typing import Any
 
 from lth_runner import distributed
 from lth_runner.config.schema import DSTConfig
+from lth_runner.errors import UserError
 from lth_runner.methods.controls import controls_from_init
 from lth_runner.session import RunContext
 from lth_runner.sparse import Mask, MaskEnforcer, remaining_fraction, unwrap
@@ -84,11 +85,16 @@ def dynamic_sparse_training(run: RunContext) -> Summary:
     stage = Stage(TRAIN_KEY, 1, "ticket", epochs, density=initial.density())
     result = run.train(stage, model, enforcer, [hook], keep_weights=True)
 
-    def delivered() -> Mask:  # the mask after the last update (read back when an earlier attempt trained it)
-        if run.completed(TRAIN_KEY) is not None and hook.updates < schedule.num_updates:
-            last = run.saved_mask(f"update_{schedule.num_updates:04d}")
-            return last if last is not None else initial
-        return hook.mask
+    def delivered() -> Mask:  # the mask after the last update; saved by an earlier attempt that trained the stage
+        if hook.schedule is not None or schedule.num_updates == 0:  # trained here, or never updated
+            return hook.mask
+        last = f"update_{schedule.num_updates:04d}"
+        saved = run.saved_mask(last)
+        if saved is None:
+            raise UserError(
+                f"{run.mask_path(last)} is missing; the run directory is incomplete (remove it to start over)"
+            )
+        return saved
 
     final = run.mask("final", delivered)
     enforcer.set_mask(final)

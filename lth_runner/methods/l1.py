@@ -120,9 +120,6 @@ def l1(run: RunContext) -> Summary:
     spec = OneShot(
         name=MASK_NAME,
         prune=prune,
-        pretrained=method.pretrained,
-        finetune_epochs=method.finetune_epochs,
-        finetune_lr_scale=method.finetune_lr_scale,
         fields={"structure": method.structure, "scope": scope},
         event={"structure": method.structure},
         describe=describe,

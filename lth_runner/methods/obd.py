@@ -56,9 +56,6 @@ def obd(run: RunContext) -> Summary:
     spec = OneShot(
         name=MASK_NAME,
         prune=prune,
-        pretrained=method.pretrained,
-        finetune_epochs=method.finetune_epochs,
-        finetune_lr_scale=method.finetune_lr_scale,
         fields={
             "scope": scope,
             "hessian": sparsity.obd_hessian,

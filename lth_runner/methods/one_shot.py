@@ -20,6 +20,7 @@ from typing import Any
 
 from torch import nn
 
+from lth_runner.config.schema import OneShotConfig
 from lth_runner.methods.controls import controls_from_init
 from lth_runner.models import pretrained as pretrained_weights
 from lth_runner.models.pretrained import PRETRAIN_KEY
@@ -36,15 +37,13 @@ Prune = Callable[[nn.Module, Mapping[str, nn.Parameter]], Mask]
 
 @dataclasses.dataclass
 class OneShot:
-    """What a prune-once-and-fine-tune method chooses. ``prune(model, params)`` computes the mask of the pre-trained
+    """What a prune-once-and-fine-tune method chooses besides its :class:`OneShotConfig` (``method.pretrained``,
+    ``finetune_epochs``, ``finetune_lr_scale``). ``prune(model, params)`` computes the mask of the pre-trained
     ``model``; ``fields`` come first in the summary section (after the source) and in the prune event; ``describe``
     adds mask statistics to the section; ``prepare(model, params)`` runs once the weights are there."""
 
     name: str
     prune: Prune
-    pretrained: str | None
-    finetune_epochs: int | None
-    finetune_lr_scale: float
     fields: dict[str, Any] = dataclasses.field(default_factory=dict)
     event: dict[str, Any] = dataclasses.field(default_factory=dict)
     describe: Callable[[Mask], dict[str, Any]] | None = None
@@ -53,16 +52,17 @@ class OneShot:
 
 def prune_once_and_finetune(run: RunContext, spec: OneShot) -> Summary:
     """Pre-train (or load), prune once by ``spec.prune`` to ``sparsity.target``, fine-tune."""
-    cfg = run.cfg
-    finetune_epochs = cfg.trainer.epochs if spec.finetune_epochs is None else spec.finetune_epochs
-    finetune_optim = dataclasses.replace(cfg.optim, lr=cfg.optim.lr * spec.finetune_lr_scale)
+    cfg, method = run.cfg, run.cfg.method
+    assert isinstance(method, OneShotConfig)
+    finetune_epochs = cfg.trainer.epochs if method.finetune_epochs is None else method.finetune_epochs
+    finetune_optim = dataclasses.replace(cfg.optim, lr=cfg.optim.lr * method.finetune_lr_scale)
 
     model = run.new_model("init")  # the labels LTH uses, so an in-run pre-training equals LTH's round 0
     params = run.prunable(model)
     total = sum(p.numel() for p in params.values())
     init_state = {k: v.detach().clone() for k, v in unwrap(model).state_dict().items()}
     run.log_start(total, densities=[remaining_fraction(cfg.sparsity.target)])
-    loaded = pretrained_weights.obtain(run, model, epochs=cfg.trainer.epochs) if spec.pretrained is not None else None
+    loaded = pretrained_weights.obtain(run, model, epochs=cfg.trainer.epochs) if method.pretrained is not None else None
     if loaded is not None:
         run.message(f"{spec.name}: pre-trained weights from {loaded.source} ({loaded.kind})")
     if spec.prepare is not None:

@@ -55,9 +55,8 @@ class DropAndGrow(EnforceMask):
         self.replaces_step, self.seed, self.on_update = replaces_step, seed, on_update
         self.schedule: UpdateSchedule | None = None
         self.updates = 0
-        self.gradient_reads = 0  # update steps that looked at the dense gradient (RigL): tests count them
         self.explored = {name: keep.clone() for name, keep in self.mask.items()}
-        self._step = 0
+        self._step = 0  # the optimizer steps taken, as of the last after_step (read at epoch ends)
 
     @property
     def mask(self) -> Mask:
@@ -101,14 +100,12 @@ class DropAndGrow(EnforceMask):
             "mask": dict(self.mask.items()),
             "explored": self.explored,
             "updates": self.updates,
-            "gradient_reads": self.gradient_reads,
-            "step": self._step,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.enforcer.set_mask(Mask(state["mask"]))
         self.explored = {name: keep.to(torch.bool) for name, keep in state["explored"].items()}
-        self.updates, self.gradient_reads, self._step = state["updates"], state["gradient_reads"], state["step"]
+        self.updates = state["updates"]
 
     # ------------------------------------------------------------------------------------------ the update
     def _update(self, trainer: Trainer) -> None:
@@ -140,7 +137,6 @@ class DropAndGrow(EnforceMask):
         if self.grow == "random":
             generator = torch.Generator().manual_seed(derive_seed(self.seed, "grow", index))
             return random_grow_scores(self.mask, generator)
-        self.gradient_reads += 1
         # |dL/dw| of the dense gradient; a layer this batch did not reach has none and grows by index order
         return {n: p.grad.abs() if p.grad is not None else torch.zeros_like(p) for n, p in params.items()}
 
